@@ -1,0 +1,22 @@
+# The two commands of the README. Everything is installed by .ci/bootstrap (idempotent,
+# cached in $CONVERGE_CACHE, default ~/.cache/converge).
+SHELL := /bin/bash
+.PHONY: demo test lint bench
+
+# Install everything, then apply the example stack and converge it with the file store.
+demo:
+	@bin=$$(.ci/bootstrap | tail -1) && \
+	export CONVERGE_STORE=$${CONVERGE_STORE:-$$PWD/.converge} && \
+	$$bin/converge apply -f manifests/examples/ && \
+	$$bin/converge reconcile --timeout 60s && \
+	$$bin/converge get -o wide
+
+# Install everything, then lint and run the whole test suite (real processes, dockerd, terraform).
+test:
+	@bin=$$(.ci/bootstrap | tail -1) && \
+	$$bin/ruff check controller backends tests benchmarks && \
+	$$bin/mypy && \
+	$$bin/pytest -q -ra tests
+
+bench:
+	@bin=$$(.ci/bootstrap | tail -1) && for b in benchmarks/bench_*.py; do $$bin/python $$b || exit 1; done

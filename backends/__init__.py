@@ -1,0 +1,1 @@
+"""Backends: one module per kind of service behind the interface in backends.base."""

@@ -1,0 +1,54 @@
+"""Resolve a spec's environment (plain values and secrets) for a backend.
+
+Values from `valueFrom` are read here, at provision time, and handed straight to the
+process or container; they are never returned in details, status, events or logs.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from backends.errors import PermanentError, TemporaryError
+from controller.api import EnvVar
+
+
+def resolve_env(env: Sequence[EnvVar], base_dir: Path | None = None) -> dict[str, str]:
+    """The environment as NAME -> value. Raises (naming the variable, not its value)
+    when a referenced file or controller variable is missing."""
+    out: dict[str, str] = {}
+    for var in env:
+        if var.valueFrom is None:
+            out[var.name] = var.value or ""
+        elif var.valueFrom.env is not None:
+            if var.valueFrom.env not in os.environ:
+                raise PermanentError(
+                    f"env {var.name}: the controller has no environment variable {var.valueFrom.env!r}",
+                    reason="SecretNotFound",
+                )
+            out[var.name] = os.environ[var.valueFrom.env]
+        else:
+            path = Path(var.valueFrom.file or "")
+            if not path.is_absolute() and base_dir is not None:
+                path = base_dir / path
+            try:
+                out[var.name] = path.read_text().rstrip("\n")
+            except OSError as exc:
+                raise TemporaryError(
+                    f"env {var.name}: cannot read {path}: {exc.strerror}", reason="SecretNotFound"
+                ) from exc
+    return out
+
+
+def secret_values(env: Sequence[EnvVar], resolved: dict[str, str]) -> list[str]:
+    """The values that came from valueFrom, so callers can scrub them from text."""
+    return [resolved[v.name] for v in env if v.valueFrom is not None and resolved.get(v.name)]
+
+
+def scrub(text: str, secrets: Sequence[str]) -> str:
+    """Replace every secret value in text (e.g. an error message) with ***."""
+    for s in secrets:
+        if len(s) >= 3:
+            text = text.replace(s, "***")
+    return text

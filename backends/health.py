@@ -1,0 +1,61 @@
+"""Health monitors: HTTP and TCP probes of a service's endpoint.
+
+One probe is one short blocking check with a timeout; the reconcile core counts
+failures and decides the state (controller.core), this module only looks.
+"""
+
+from __future__ import annotations
+
+import http.client
+import socket
+import ssl
+from dataclasses import dataclass
+
+from controller.api import HealthCheck
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    ok: bool
+    message: str = ""
+
+
+def probe(check: HealthCheck, protocol: str, host: str, port: int) -> ProbeResult:
+    if check.http is not None:
+        return probe_http(protocol == "https", host, port, check.http.path, check.http.status,
+                          check.http.timeoutSeconds)
+    timeout = check.tcp.timeoutSeconds if check.tcp is not None else 2.0
+    return probe_tcp(host, port, timeout)
+
+
+def probe_tcp(host: str, port: int, timeout: float) -> ProbeResult:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return ProbeResult(True)
+    except OSError as exc:
+        return ProbeResult(False, f"tcp {host}:{port}: {exc.strerror or exc}")
+
+
+def probe_http(tls: bool, host: str, port: int, path: str, status: int, timeout: float) -> ProbeResult:
+    scheme = "https" if tls else "http"
+    url = f"{scheme}://{host}:{port}{path}"
+    conn: http.client.HTTPConnection
+    if tls:
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE  # a liveness probe, like kubelet's: no verification
+        conn = http.client.HTTPSConnection(host, port, timeout=timeout, context=ctx)
+    else:
+        conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        conn.request("GET", path, headers={"User-Agent": "converge-probe"})
+        resp = conn.getresponse()
+        resp.read(4096)
+        if resp.status != status:
+            return ProbeResult(False, f"GET {url}: status {resp.status}, want {status}")
+        return ProbeResult(True)
+    except (OSError, http.client.HTTPException) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+        return ProbeResult(False, f"GET {url}: {reason}")
+    finally:
+        conn.close()

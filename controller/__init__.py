@@ -1,0 +1,1 @@
+"""converge: a declarative reconciler for services (API models, core, stores, adapters)."""
