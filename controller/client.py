@@ -1,0 +1,216 @@
+"""The typed Python client: what the CLI does, callable from pipeline code.
+
+    from controller.client import Client
+    c = Client.local()                                   # the FileStore in ./.converge
+    c.apply(Client.load("manifests/examples/"))          # create or update in place
+    svc = c.wait("web", timeout=30)                      # Ready
+    [s.metadata.name for s in c.list(selector="stack=demo")]
+    c.down(selector="stack=demo"); c.up(selector="stack=demo"); c.delete("web")
+
+Apply is deploy-with-replace: an existing service of the same name is updated, never
+duplicated. `up`, `down`, `delete` and `reconcile` converge the services they touch
+before returning (like docker compose), so they work without a `converge run`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from controller import manifest
+from controller.api import AdminState, ManagedService, ServiceKey
+from controller.conditions import is_ready
+from controller.filestore import FileStore
+from controller.reconciler import Outcome, Reconciler
+from controller.registry import Backends, available_kinds
+from controller.runtime import Runtime
+from controller.selector import Selector, parse_selector
+from controller.store import AlreadyExists, Conflict, NotFound, Store
+
+APPLY_RETRIES = 20
+
+
+class WaitTimeout(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    key: ServiceKey
+    action: str  # created | configured | unchanged (+ " (dry run)")
+
+
+class Client:
+    def __init__(self, store: Store, backends: Backends | None = None, workers: int = 16) -> None:
+        self.store = store
+        self.backends = backends or Backends()
+        self.reconciler = Reconciler(store, self.backends)
+        self.runtime = Runtime(self.reconciler, workers=workers)
+
+    @classmethod
+    def local(cls, root: str | Path | None = None) -> Client:
+        return cls(FileStore(root))
+
+    @staticmethod
+    def load(*sources: str, existing: Iterable[ManagedService] = ()) -> list[ManagedService]:
+        """Read and validate manifests (files, folders, "-"); raises manifest.ManifestError."""
+        return manifest.load(sources, available_kinds(), existing)
+
+    def load_for_apply(self, *sources: str) -> list[ManagedService]:
+        """Like load, with the stored services taking part in the dependsOn cycle check."""
+        return self.load(*sources, existing=self.store.list().items)
+
+    # ------------------------------------------------------------------ desired state
+
+    def apply(self, objs: Iterable[ManagedService], dry_run: bool = False) -> list[ApplyResult]:
+        results = []
+        for obj in objs:
+            results.append(self._apply_one(obj, dry_run))
+        return results
+
+    def _apply_one(self, obj: ManagedService, dry_run: bool) -> ApplyResult:
+        suffix = " (dry run)" if dry_run else ""
+        for _ in range(APPLY_RETRIES):
+            try:
+                cur = self.store.get(obj.key)
+            except NotFound:
+                if dry_run:
+                    return ApplyResult(obj.key, "created" + suffix)
+                try:
+                    self.store.create(obj)
+                except AlreadyExists:
+                    continue  # another writer was first: apply over theirs
+                return ApplyResult(obj.key, "created")
+            new = cur.model_copy(deep=True)
+            new.metadata.labels = dict(obj.metadata.labels)
+            new.metadata.annotations = dict(obj.metadata.annotations)
+            new.spec = obj.spec.model_copy(deep=True)
+            if new.metadata == cur.metadata and new.spec == cur.spec:
+                return ApplyResult(obj.key, "unchanged" + suffix)
+            if cur.metadata.deletionTimestamp is not None:
+                raise Conflict(f"{obj.key} is being deleted; apply again once it is gone")
+            if dry_run:
+                return ApplyResult(obj.key, "configured" + suffix)
+            try:
+                self.store.update(new)
+            except (Conflict, NotFound):
+                continue  # changed under us: read again
+            return ApplyResult(obj.key, "configured")
+        raise Conflict(f"{obj.key}: gave up after {APPLY_RETRIES} concurrent modifications")
+
+    def get(self, name: str, namespace: str = "default") -> ManagedService:
+        return self.store.get(ServiceKey(namespace, name))
+
+    def list(self, namespace: str | None = None, selector: str | Selector | None = None) -> list[ManagedService]:
+        sel = parse_selector(selector) if isinstance(selector, str) or selector is None else selector
+        return self.store.list(namespace, sel).items
+
+    def _update(self, key: ServiceKey, change: str, value: object) -> ManagedService | None:
+        """Set spec.adminState or metadata.deletionTimestamp, retrying on conflicts."""
+        for _ in range(APPLY_RETRIES):
+            try:
+                cur = self.store.get(key)
+            except NotFound:
+                return None
+            new = cur.model_copy(deep=True)
+            if change == "adminState":
+                new.spec.adminState = AdminState(str(value))
+            elif new.metadata.deletionTimestamp is None:
+                new.metadata.deletionTimestamp = datetime.now(UTC)
+            if new == cur:
+                return cur
+            try:
+                return self.store.update(new)
+            except Conflict:
+                continue
+        raise Conflict(f"{key}: gave up after {APPLY_RETRIES} concurrent modifications")
+
+    # ------------------------------------------------------------------ converging
+
+    def reconcile(self, keys: Iterable[ServiceKey] | None = None, timeout: float = 60.0) -> dict[ServiceKey, Outcome]:
+        """One converging pass over keys (default: every service) until settled or timeout."""
+        if keys is None:
+            listed = self.store.list()
+            keys = [o.key for o in listed.items] + [e.key for e in listed.errors if e.key is not None]
+        return self.runtime.converge(list(keys), timeout)
+
+    def _select(self, selector: str | None, names: Iterable[str], namespace: str | None) -> list[ServiceKey]:
+        names = list(names)
+        if names:
+            return [ServiceKey(namespace or "default", n) for n in names]
+        return [o.key for o in self.list(namespace, selector)]
+
+    def set_admin_state(self, state: AdminState, selector: str | None = None, names: Iterable[str] = (),
+                        namespace: str | None = None, timeout: float = 60.0,
+                        converge: bool = True) -> dict[ServiceKey, Outcome]:
+        keys = self._select(selector, names, namespace)
+        for key in keys:
+            if self._update(key, "adminState", state) is None:
+                raise NotFound(str(key))
+        if not converge:
+            return {}
+        # Dependents of what goes down must stop first; the core orders that, but they
+        # must be in this pass: include every service of the touched namespaces.
+        scope = keys if state == AdminState.active else [
+            o.key for o in self.store.list().items if o.key.namespace in {k.namespace for k in keys}]
+        out = self.reconcile(scope, timeout)
+        return {k: out[k] for k in keys if k in out}
+
+    def up(self, selector: str | None = None, names: Iterable[str] = (), namespace: str | None = None,
+           timeout: float = 60.0) -> dict[ServiceKey, Outcome]:
+        return self.set_admin_state(AdminState.active, selector, names, namespace, timeout)
+
+    def down(self, selector: str | None = None, names: Iterable[str] = (), namespace: str | None = None,
+             force: bool = False, timeout: float = 60.0) -> dict[ServiceKey, Outcome]:
+        state = AdminState.inactive if force else AdminState.suspended
+        return self.set_admin_state(state, selector, names, namespace, timeout)
+
+    def delete(self, name: str, namespace: str = "default", force: bool = False, timeout: float = 60.0) -> Outcome:
+        """Deprovision, then forget. force: forget even if deprovisioning did not finish."""
+        key = ServiceKey(namespace, name)
+        if self._update(key, "delete", None) is None:
+            raise NotFound(str(key))
+        out = self.reconcile([key], timeout).get(key, Outcome(key))
+        if not out.gone and force:
+            try:
+                cur = self.store.get(key)
+                self.store.delete(key, cur.metadata.resourceVersion)
+            except NotFound:
+                pass
+            return Outcome(key, gone=True, settled=True, message=f"forced; deprovisioning did not finish: "
+                           f"{out.message or out.state}")
+        return out
+
+    def wait(self, name: str, namespace: str = "default", condition: str = "Ready", timeout: float = 60.0,
+             poll: float = 0.1) -> ManagedService:
+        """Until condition=True (or, for condition "delete", until the object is gone)."""
+        key = ServiceKey(namespace, name)
+        deadline = time.monotonic() + timeout
+        last: ManagedService | None = None
+        while True:
+            try:
+                last = self.store.get(key)
+                if condition.lower() != "delete" and (
+                    is_ready(last.status.conditions) if condition == "Ready"
+                    else any(c.type == condition and c.status == "True" for c in last.status.conditions)
+                ):
+                    return last
+            except NotFound:
+                if condition.lower() == "delete" and last is not None:
+                    return last
+                if condition.lower() != "delete":
+                    raise
+            if time.monotonic() >= deadline:
+                cond = last.status.condition(condition) if last is not None else None
+                why = f": {cond.reason}: {cond.message}" if cond is not None else ""
+                raise WaitTimeout(f"timed out after {timeout:g}s waiting for {key} condition={condition}{why}")
+            time.sleep(poll)
+
+    def logs(self, name: str, namespace: str = "default", follow: bool = False,
+             tail: int | None = None) -> Iterator[str]:
+        svc = self.get(name, namespace)
+        backend = self.backends.get(svc.spec.backend.kind)
+        return backend.logs(self.reconciler.target_for(svc), follow=follow, tail=tail)

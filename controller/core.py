@@ -1,0 +1,326 @@
+"""The reconcile core: plan(service, observed, now) -> one action + the new status. Pure.
+
+Everything the world told us this pass (the backend's Observation, a health probe, which
+dependencies are not Ready, which dependents still run) comes in as `Observed`; the core
+decides the one next step and the status that describes it. Level-triggered: the caller
+carries out the action and asks again (`requeue_after`); nothing here sleeps, reads a
+file or calls a backend. All retry rules live here: a failed start backs off
+exponentially (controller.backoff), success after a healthy period resets the count.
+
+The adapters (controller.reconciler for both local and cluster modes) do the I/O.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from enum import StrEnum
+
+from backends.base import Observation, Phase
+from backends.errors import BackendError, BackendUnavailable, PermanentError
+from backends.health import ProbeResult
+from controller.api import AdminState, EndpointStatus, ManagedService, ManagedServiceStatus, State
+from controller.backoff import restart_delay
+from controller.conditions import READY, RECONCILING, STALLED, mark_progress, set_condition
+
+UNAVAILABLE_RETRY = 2.0  # seconds between looks while a backend's engine is unreachable
+WAIT_RETRY = 0.5  # seconds between looks while waiting on another service
+LOG_TAIL_CHARS = 2000
+
+
+class Action(StrEnum):
+    provision = "provision"
+    deprovision = "deprovision"
+    suspend = "suspend"
+    forget = "forget"  # deprovisioned and being deleted: remove from the store
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What the adapter learned this pass, before planning."""
+
+    observation: Observation | None = None
+    error: BackendError | None = None  # observe() raised
+    health: ProbeResult | None = None  # probed only when running with a health check
+    deps_not_ready: tuple[str, ...] = ()
+    dependents_running: tuple[str, ...] = ()  # dependents also going down, still running
+    desired_hash: str = ""
+
+
+@dataclass(frozen=True)
+class Plan:
+    action: Action | None
+    status: ManagedServiceStatus
+    requeue_after: float | None = None  # None: only an event brings this key back
+    settled: bool = False  # desired state reached (or terminally stuck): `reconcile` may stop
+    reason: str = ""
+    message: str = ""
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+def spec_hash(svc: ManagedService) -> str:
+    """Hash of what the backend runs: the backend spec and the endpoint's port choice."""
+    ep = svc.spec.endpoint
+    payload = {
+        "backend": svc.spec.backend.model_dump(mode="json", by_alias=True, exclude_none=True),
+        "endpoint": None if ep is None else [ep.protocol, ep.host, ep.port, ep.allocatePort],
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def endpoint_uri(svc: ManagedService, port: int | None) -> str | None:
+    ep = svc.spec.endpoint
+    if ep is None or port is None:
+        return None
+    return f"{ep.protocol}://{ep.host}:{port}"
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _set_state(st: ManagedServiceStatus, state: State) -> None:
+    if st.state != state:
+        st.lastState = st.state
+        st.state = state
+    if st.endpoint is not None:
+        st.endpoint.state = state
+
+
+def _ready(st: ManagedServiceStatus, ok: bool, reason: str, message: str, now: datetime, gen: int | None) -> None:
+    st.conditions = set_condition(st.conditions, READY, "True" if ok else "False", reason, message, now, gen)
+
+
+def _progress(st: ManagedServiceStatus, kind: str | None, reason: str, message: str, now: datetime,
+              gen: int | None) -> None:
+    st.conditions = mark_progress(st.conditions, kind, reason, message, now, gen)
+
+
+def _finish(
+    st: ManagedServiceStatus, now: datetime, gen: int | None, *, state: State, ready: bool, reason: str,
+    message: str = "", progress: str | None = None, action: Action | None = None,
+    requeue: float | None = None, settled: bool = False,
+) -> Plan:
+    _set_state(st, state)
+    _ready(st, ready, reason, message, now, gen)
+    _progress(st, progress, reason, message, now, gen)
+    return Plan(action, st, requeue, settled, reason, message)
+
+
+def _clear_run(st: ManagedServiceStatus) -> None:
+    st.startedAt = None
+    st.activeSince = None
+    st.healthFailures = 0
+
+
+# --------------------------------------------------------------------------- plan
+
+
+def plan(svc: ManagedService, observed: Observed, now: datetime) -> Plan:
+    """The next step for one service. Never raises for anything the world can do."""
+    st = svc.status.model_copy(deep=True)
+    gen = svc.metadata.generation
+    st.observedGeneration = gen
+    spec = svc.spec
+
+    if observed.error is not None:
+        return _unobservable(st, observed.error, now, gen)
+    obs = observed.observation
+    assert obs is not None, "plan needs an observation or an error"
+    phase = obs.phase
+    if obs.details:
+        st.backend = dict(obs.details)
+
+    # Going away: deprovision, then forget.
+    if svc.metadata.deletionTimestamp is not None or spec.adminState == AdminState.inactive:
+        deleting = svc.metadata.deletionTimestamp is not None
+        if phase == Phase.absent:
+            _clear_run(st)
+            st.backend = {}
+            st.nextRetryTime = None
+            st.consecutiveFailures = 0
+            if st.endpoint is not None:
+                st.endpoint.uri = None
+            return _finish(st, now, gen, state=State.inactive, ready=False, reason="Inactive",
+                           message="deprovisioned", action=Action.forget if deleting else None,
+                           settled=True)
+        if observed.dependents_running:
+            return _wait_dependents(st, observed, now, gen)
+        return _finish(st, now, gen, state=State.pending_shutdown, ready=False, reason="Deprovisioning",
+                       progress=RECONCILING, action=Action.deprovision, requeue=0.0)
+
+    if spec.adminState == AdminState.suspended:
+        if phase == Phase.running:
+            if observed.dependents_running:
+                return _wait_dependents(st, observed, now, gen)
+            return _finish(st, now, gen, state=State.pending_shutdown, ready=False, reason="Suspending",
+                           progress=RECONCILING, action=Action.suspend, requeue=0.0)
+        _clear_run(st)
+        st.nextRetryTime = None
+        return _finish(st, now, gen, state=State.scaled_to_zero, ready=False, reason="Suspended",
+                       message="adminState is suspended", settled=True)
+
+    return _plan_active(svc, st, obs, observed, now, gen)
+
+
+def _unobservable(st: ManagedServiceStatus, err: BackendError, now: datetime, gen: int | None) -> Plan:
+    st.lastError = err.message
+    if isinstance(err, PermanentError):
+        return _finish(st, now, gen, state=State.error, ready=False, reason=err.reason, message=err.message,
+                       progress=STALLED, settled=True)
+    retry = UNAVAILABLE_RETRY if isinstance(err, BackendUnavailable) else 5.0
+    return _finish(st, now, gen, state=State.error, ready=False, reason=err.reason, message=err.message,
+                   progress=RECONCILING, requeue=retry)
+
+
+def _wait_dependents(st: ManagedServiceStatus, observed: Observed, now: datetime, gen: int | None) -> Plan:
+    msg = "waiting for dependents to stop: " + ", ".join(observed.dependents_running)
+    return _finish(st, now, gen, state=State.pending_shutdown, ready=False, reason="DependentsRunning",
+                   message=msg, progress=RECONCILING, requeue=WAIT_RETRY)
+
+
+def _plan_active(
+    svc: ManagedService, st: ManagedServiceStatus, obs: Observation, observed: Observed, now: datetime,
+    gen: int | None,
+) -> Plan:
+    policy = svc.spec.restartPolicy
+    phase = obs.phase
+    if phase != Phase.running and st.specHash not in (None, observed.desired_hash):
+        # A new spec gets a fresh start: the old one's crash loop says nothing about it.
+        st.consecutiveFailures = 0
+        st.nextRetryTime = None
+        st.startedAt = None
+
+    # It was running and stopped on its own: count a failure, back off.
+    if phase in (Phase.exited, Phase.absent) and st.startedAt is not None:
+        st.consecutiveFailures += 1
+        st.lastExitCode = obs.exit_code
+        st.lastError = (obs.message or "the service stopped")[-LOG_TAIL_CHARS:]
+        _clear_run(st)
+        delay = restart_delay(st.consecutiveFailures, policy.backoffSeconds, policy.maxBackoffSeconds)
+        st.nextRetryTime = now + timedelta(seconds=delay)
+
+    if phase == Phase.running:
+        stale = obs.spec_hash if obs.spec_hash is not None else st.specHash
+        if obs.drifted or (stale is not None and stale != observed.desired_hash):
+            why = "drift detected: " + obs.message if obs.drifted else "spec changed"
+            return _provision(st, now, gen, why)
+        return _running(svc, st, observed, now, gen)
+
+    if phase == Phase.error:
+        st.lastError = (obs.message or "backend reports an error")[-LOG_TAIL_CHARS:]
+
+    # Not running (absent, exited, suspended, error): start it when allowed.
+    if observed.deps_not_ready:
+        msg = "waiting for dependencies to be Ready: " + ", ".join(observed.deps_not_ready)
+        state = st.state if st.state in (State.inactive, State.scaled_to_zero, State.error) else State.inactive
+        return _finish(st, now, gen, state=state, ready=False, reason="DependencyNotReady", message=msg,
+                       progress=RECONCILING, requeue=WAIT_RETRY)
+    if st.nextRetryTime is not None and now < st.nextRetryTime:
+        wait = (st.nextRetryTime - now).total_seconds()
+        msg = f"back-off {wait:.1f}s restarting failed service: {st.lastError}"
+        return _finish(st, now, gen, state=State.error, ready=False, reason="CrashLoopBackOff",
+                       message=msg[:LOG_TAIL_CHARS], progress=RECONCILING, requeue=wait)
+    return _provision(st, now, gen, "resuming" if phase == Phase.suspended else "starting")
+
+
+def _provision(st: ManagedServiceStatus, now: datetime, gen: int | None, why: str) -> Plan:
+    if st.consecutiveFailures > 0:
+        st.restarts += 1
+    st.startedAt = now
+    st.activeSince = None
+    st.healthFailures = 0
+    st.nextRetryTime = None
+    return _finish(st, now, gen, state=State.pending_startup, ready=False, reason="Progressing",
+                   message=why, progress=RECONCILING, action=Action.provision, requeue=0.05)
+
+
+def _running(svc: ManagedService, st: ManagedServiceStatus, observed: Observed, now: datetime,
+             gen: int | None) -> Plan:
+    policy = svc.spec.restartPolicy
+    if st.startedAt is None:  # adopted: running before we knew
+        st.startedAt = now
+    st.specHash = observed.desired_hash
+    st.nextRetryTime = None
+    check = svc.spec.endpoint.healthCheck if svc.spec.endpoint is not None else None
+    health = observed.health
+    if check is None or health is None or health.ok:
+        st.healthFailures = 0
+        st.lastError = ""
+        if st.activeSince is None:
+            st.activeSince = now
+        requeue = check.periodSeconds if check is not None else None
+        if st.consecutiveFailures > 0:
+            healthy_for = (now - st.activeSince).total_seconds()
+            if healthy_for >= policy.resetAfterSeconds:
+                st.consecutiveFailures = 0
+            else:
+                left = policy.resetAfterSeconds - healthy_for
+                requeue = left if requeue is None else min(requeue, left)
+        msg = "" if check is None else "health check passed"
+        return _finish(st, now, gen, state=State.active, ready=True, reason="Healthy" if check else "Running",
+                       message=msg, requeue=requeue, settled=True)
+
+    # Unhealthy.
+    if st.activeSince is None:
+        started = (now - st.startedAt).total_seconds()
+        if started < check.startupTimeoutSeconds:
+            return _finish(st, now, gen, state=State.pending_startup, ready=False, reason="Starting",
+                           message=health.message, progress=RECONCILING,
+                           requeue=min(1.0, max(0.05, started / 4)))
+        st.lastError = f"not healthy {check.startupTimeoutSeconds:g}s after start: {health.message}"
+        return _finish(st, now, gen, state=State.error, ready=False, reason="HealthCheckFailed",
+                       message=st.lastError, progress=RECONCILING, requeue=check.periodSeconds)
+    st.healthFailures = min(st.healthFailures + 1, check.failureThreshold)
+    if st.healthFailures < check.failureThreshold:
+        return _finish(st, now, gen, state=State.active, ready=True, reason="Healthy",
+                       message=f"health check failed {st.healthFailures}x: {health.message}",
+                       requeue=check.periodSeconds, settled=True)
+    st.lastError = f"health check failed {st.healthFailures} times: {health.message}"
+    return _finish(st, now, gen, state=State.error, ready=False, reason="HealthCheckFailed",
+                   message=st.lastError, progress=RECONCILING, requeue=check.periodSeconds)
+
+
+# --------------------------------------------------------------------------- outcomes
+
+
+def provisioned(svc: ManagedService, st: ManagedServiceStatus, details: dict[str, object],
+                port: int | None, desired_hash: str) -> ManagedServiceStatus:
+    """Status after a successful provision call."""
+    out = st.model_copy(deep=True)
+    out.backend = dict(details)
+    out.specHash = desired_hash
+    if svc.spec.endpoint is not None:
+        uri = endpoint_uri(svc, port) or details.get("endpoint")
+        out.endpoint = EndpointStatus(uri=str(uri) if uri else None, port=port, state=out.state)
+    return out
+
+
+def failed(svc: ManagedService, st: ManagedServiceStatus, action: Action, err: BackendError,
+           now: datetime) -> Plan:
+    """Status after an action raised: one place decides retry and backoff."""
+    out = st.model_copy(deep=True)
+    gen = svc.metadata.generation
+    out.lastError = f"{action.value} failed: {err.message}"[:LOG_TAIL_CHARS]
+    if isinstance(err, PermanentError):
+        return _finish(out, now, gen, state=State.error, ready=False, reason=err.reason,
+                       message=out.lastError, progress=STALLED, settled=True)
+    if isinstance(err, BackendUnavailable):
+        return _finish(out, now, gen, state=State.error, ready=False, reason=err.reason,
+                       message=out.lastError, progress=RECONCILING, requeue=UNAVAILABLE_RETRY)
+    if action == Action.provision:
+        policy = svc.spec.restartPolicy
+        out.consecutiveFailures += 1
+        _clear_run(out)
+        delay = max(restart_delay(out.consecutiveFailures, policy.backoffSeconds, policy.maxBackoffSeconds),
+                    policy.backoffSeconds if out.consecutiveFailures == 1 else 0.0)
+        out.nextRetryTime = now + timedelta(seconds=delay)
+        return _finish(out, now, gen, state=State.error, ready=False, reason=err.reason,
+                       message=out.lastError, progress=RECONCILING, requeue=delay)
+    return _finish(out, now, gen, state=State.error, ready=False, reason=err.reason, message=out.lastError,
+                   progress=RECONCILING, requeue=policy_delay(svc))
+
+
+def policy_delay(svc: ManagedService) -> float:
+    return svc.spec.restartPolicy.backoffSeconds

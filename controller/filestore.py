@@ -1,0 +1,297 @@
+"""FileStore: the local mode's store, one YAML file per object.
+
+Layout under the root (default ./.converge, mode 0700; files 0600):
+
+    <namespace>/<name>.yaml          the object (metadata, spec, status)
+    .lock                            held (flock) by every writer: read-check-write is atomic
+    _locks/<namespace>/<name>.lock   held while acting on one service's resources
+    _runtime/<namespace>/<name>/     the backend's files for the service (pid, logs, state)
+
+A write goes to a temp file in the same folder, is fsynced and renamed over the old one,
+and the folder is fsynced: a crash leaves either the old or the new object, never a torn
+one. Parsed objects are cached by (inode, mtime, size), so a steady-state pass reads no
+YAML at all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from controller.api import ManagedService, ServiceKey
+from controller.selector import Selector
+from controller.store import AlreadyExists, Conflict, CorruptObject, ListResult, NotFound
+
+try:  # the C loader/dumper are ~10x faster when libyaml is there
+    from yaml import CSafeDumper as _Dumper
+    from yaml import CSafeLoader as _Loader
+except ImportError:  # pragma: no cover
+    from yaml import SafeDumper as _Dumper  # type: ignore[assignment]
+    from yaml import SafeLoader as _Loader  # type: ignore[assignment]
+
+_Sig = tuple[int, int, int]
+RUNTIME = "_runtime"
+LOCKS = "_locks"
+
+
+def default_root() -> Path:
+    return Path(os.environ.get("CONVERGE_STORE", ".converge"))
+
+
+def format_validation_error(exc: ValidationError, prefix: str = "") -> str:
+    """`field.path: message` lines, the way users name fields."""
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-"))
+        msg = err["msg"].removeprefix("Value error, ")
+        lines.append(f"{prefix}{loc}: {msg}" if loc else f"{prefix}{msg}")
+    return "; ".join(lines)
+
+
+def _sig(st: os.stat_result) -> _Sig:
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+class FileStore:
+    def __init__(self, root: Path | str | None = None) -> None:
+        self.root = Path(root) if root is not None else default_root()
+        self.writes = 0  # files written by this instance: steady state must add none
+        self._cache: dict[Path, tuple[_Sig, ManagedService]] = {}
+        self._mu = threading.Lock()
+        self._ensure_dir(self.root)
+
+    # ------------------------------------------------------------------ paths
+
+    @staticmethod
+    def _ensure_dir(path: Path) -> None:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if path.stat().st_mode & 0o077:
+            path.chmod(0o700)
+
+    def path(self, key: ServiceKey) -> Path:
+        return self.root / key.namespace / f"{key.name}.yaml"
+
+    def runtime_dir(self, key: ServiceKey) -> Path:
+        d = self.root / RUNTIME / key.namespace / key.name
+        self._ensure_dir(d)
+        return d
+
+    def namespaces(self) -> list[str]:
+        try:
+            return sorted(e.name for e in os.scandir(self.root)
+                          if e.is_dir() and not e.name.startswith((".", "_")))
+        except FileNotFoundError:
+            return []
+
+    # ------------------------------------------------------------------ reading
+
+    def _read(self, path: Path, key: ServiceKey | None = None) -> ManagedService:
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            raise NotFound(str(key or path)) from None
+        sig = _sig(st)
+        with self._mu:
+            hit = self._cache.get(path)
+        if hit is not None and hit[0] == sig:
+            return hit[1].model_copy(deep=True)
+        try:
+            data: Any = yaml.load(path.read_bytes(), Loader=_Loader)  # noqa: S506 - safe loader
+        except FileNotFoundError:
+            raise NotFound(str(key or path)) from None
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            raise CorruptObject(str(path), f"not valid YAML: {exc}", key) from None
+        if not isinstance(data, dict):
+            raise CorruptObject(str(path), "not a mapping", key)
+        try:
+            obj = ManagedService.model_validate(data)
+        except ValidationError as exc:
+            raise CorruptObject(str(path), format_validation_error(exc), key) from None
+        expect = ServiceKey(path.parent.name, path.stem)
+        if obj.key != expect:
+            raise CorruptObject(str(path), f"holds {obj.key}, expected {expect}", key)
+        with self._mu:
+            self._cache[path] = (sig, obj)
+        return obj.model_copy(deep=True)
+
+    def get(self, key: ServiceKey) -> ManagedService:
+        return self._read(self.path(key), key)
+
+    def list(self, namespace: str | None = None, selector: Selector | None = None) -> ListResult:
+        out = ListResult()
+        for ns in [namespace] if namespace else self.namespaces():
+            try:
+                entries = sorted(os.scandir(self.root / ns), key=lambda e: e.name)
+            except FileNotFoundError:
+                continue
+            for e in entries:
+                if not e.name.endswith(".yaml") or e.name.startswith("."):
+                    continue
+                key = ServiceKey(ns, e.name[:-5])
+                try:
+                    obj = self._read(Path(e.path), key)
+                except NotFound:
+                    continue
+                except CorruptObject as exc:
+                    out.errors.append(exc)
+                    continue
+                if selector is None or selector.matches(obj.metadata.labels):
+                    out.items.append(obj)
+        return out
+
+    # ------------------------------------------------------------------ writing
+
+    @contextlib.contextmanager
+    def _writer(self) -> Iterator[None]:
+        fd = os.open(self.root / ".lock", os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing releases the flock
+
+    def _write(self, obj: ManagedService) -> ManagedService:
+        path = self.path(obj.key)
+        self._ensure_dir(path.parent)
+        data = yaml.dump(obj.dump(), Dumper=_Dumper, sort_keys=False, default_flow_style=False)
+        tmp = path.parent / f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp"
+        fd = os.open(tmp, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, data.encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+        self.writes += 1
+        with self._mu:
+            self._cache[path] = (_sig(path.stat()), obj.model_copy(deep=True))
+        return obj
+
+    def _current(self, key: ServiceKey) -> ManagedService | None:
+        try:
+            return self.get(key)
+        except NotFound:
+            return None
+
+    @staticmethod
+    def _check(cur: ManagedService, obj: ManagedService) -> None:
+        if obj.metadata.resourceVersion is not None and obj.metadata.resourceVersion != cur.metadata.resourceVersion:
+            raise Conflict(f"{obj.key}: resourceVersion {obj.metadata.resourceVersion} is stale "
+                           f"(now {cur.metadata.resourceVersion}); read it again and retry")
+        if obj.metadata.uid is not None and obj.metadata.uid != cur.metadata.uid:
+            raise Conflict(f"{obj.key}: uid changed (the object was deleted and created again)")
+
+    def create(self, obj: ManagedService) -> ManagedService:
+        with self._writer():
+            if self._current(obj.key) is not None:
+                raise AlreadyExists(str(obj.key))
+            new = obj.model_copy(deep=True)
+            new.metadata.uid = str(uuid.uuid4())
+            new.metadata.resourceVersion = "1"
+            new.metadata.generation = 1
+            new.metadata.creationTimestamp = datetime.now(UTC)
+            return self._write(new)
+
+    def update(self, obj: ManagedService) -> ManagedService:
+        with self._writer():
+            cur = self._current(obj.key)
+            if cur is None:
+                raise NotFound(str(obj.key))
+            self._check(cur, obj)
+            new = cur.model_copy(deep=True)
+            new.metadata = obj.metadata.model_copy(deep=True)
+            for k in ("uid", "creationTimestamp", "generation"):
+                setattr(new.metadata, k, getattr(cur.metadata, k))
+            new.spec = obj.spec.model_copy(deep=True)
+            if new.spec != cur.spec:
+                new.metadata.generation = (cur.metadata.generation or 0) + 1
+            if new.metadata == cur.metadata and new.spec == cur.spec:
+                return cur
+            new.metadata.resourceVersion = str(int(cur.metadata.resourceVersion or "0") + 1)
+            return self._write(new)
+
+    def update_status(self, obj: ManagedService) -> ManagedService:
+        with self._writer():
+            cur = self._current(obj.key)
+            if cur is None:
+                raise NotFound(str(obj.key))
+            self._check(cur, obj)
+            if cur.status == obj.status:
+                return cur
+            new = cur.model_copy(deep=True)
+            new.status = obj.status.model_copy(deep=True)
+            new.metadata.resourceVersion = str(int(cur.metadata.resourceVersion or "0") + 1)
+            return self._write(new)
+
+    def delete(self, key: ServiceKey, resource_version: str | None = None) -> None:
+        with self._writer():
+            cur = self._current(key)
+            if cur is None:
+                raise NotFound(str(key))
+            if resource_version is not None and resource_version != cur.metadata.resourceVersion:
+                raise Conflict(f"{key}: resourceVersion {resource_version} is stale")
+            path = self.path(key)
+            path.unlink()
+            with self._mu:
+                self._cache.pop(path, None)
+            self.writes += 1
+
+    def remove_corrupt(self, where: str) -> None:
+        """Delete an unreadable object file (`converge delete --force` of a corrupt one)."""
+        with self._writer():
+            Path(where).unlink(missing_ok=True)
+
+    # ------------------------------------------------------------------ locks and watch
+
+    @contextlib.contextmanager
+    def lock(self, key: ServiceKey) -> Iterator[None]:
+        d = self.root / LOCKS / key.namespace
+        self._ensure_dir(d)
+        fd = os.open(d / f"{key.name}.lock", os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def snapshot(self) -> dict[ServiceKey, _Sig]:
+        """(inode, mtime, size) of every object file: cheap, no parsing."""
+        out: dict[ServiceKey, _Sig] = {}
+        for ns in self.namespaces():
+            try:
+                for e in os.scandir(self.root / ns):
+                    if e.name.endswith(".yaml") and not e.name.startswith("."):
+                        with contextlib.suppress(FileNotFoundError):
+                            out[ServiceKey(ns, e.name[:-5])] = _sig(e.stat())
+            except FileNotFoundError:
+                continue
+        return out
+
+    def watch(self, stop: object, interval: float = 0.25) -> Iterator[ServiceKey]:
+        """Keys whose files changed, by comparing snapshots every `interval` seconds."""
+        is_set = getattr(stop, "is_set", lambda: False)
+        wait = getattr(stop, "wait", time.sleep)
+        prev = self.snapshot()
+        while not is_set():
+            wait(interval)
+            cur = self.snapshot()
+            for key in cur.keys() | prev.keys():
+                if cur.get(key) != prev.get(key):
+                    yield key
+            prev = cur

@@ -1,0 +1,193 @@
+"""The reconcile adapter: read desired state, observe, plan, act, write status once.
+
+`Reconciler.reconcile(key)` is one level-triggered pass over one service, the same for
+local mode (FileStore) and the cluster (KubeStore): the request is only a key, every
+pass re-reads the object and re-observes the world. Decisions are the pure core's
+(controller.core); this module only does the I/O around it: store reads and the single
+status write, the backend calls, the health probe, the port allocation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from backends.base import Backend, Observation, Phase, Target
+from backends.errors import BackendError
+from backends.health import ProbeResult, probe
+from controller import core, ports
+from controller.api import AdminState, ManagedService, ServiceKey, State
+from controller.conditions import is_ready
+from controller.registry import Backends
+from controller.store import Conflict, CorruptObject, NotFound, Store
+
+Clock = Callable[[], datetime]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    key: ServiceKey
+    requeue_after: float | None = None
+    settled: bool = False
+    gone: bool = False  # no longer in the store
+    state: str = ""
+    message: str = ""
+    error: str = ""  # the object could not be read (corrupt) or written
+
+
+class Reconciler:
+    def __init__(self, store: Store, backends: Backends, clock: Clock = utcnow) -> None:
+        self.store = store
+        self.backends = backends
+        self.clock = clock
+
+    # ------------------------------------------------------------------ one pass
+
+    def reconcile(self, key: ServiceKey) -> Outcome:
+        try:
+            svc = self.store.get(key)
+        except NotFound:
+            return Outcome(key, gone=True, settled=True)
+        except CorruptObject as exc:
+            return Outcome(key, settled=True, error=str(exc))
+        with self.store.lock(key):
+            try:
+                svc = self.store.get(key)  # fresh, now that we hold the service's lock
+            except NotFound:
+                return Outcome(key, gone=True, settled=True)
+            return self._reconcile(svc)
+
+    def _reconcile(self, svc: ManagedService) -> Outcome:
+        now = self.clock()
+        desired = core.spec_hash(svc)
+        try:
+            backend = self.backends.get(svc.spec.backend.kind)
+        except BackendError as exc:
+            return self._write(svc, core.plan(svc, core.Observed(error=exc, desired_hash=desired), now))
+        target = self._target(svc, desired, svc.status.endpoint.port if svc.status.endpoint else None)
+        observed = self._observe(svc, backend, target, desired)
+        p = core.plan(svc, observed, now)
+
+        if p.action is None:
+            return self._write(svc, p)
+        if p.action == core.Action.forget:
+            try:
+                self.store.delete(svc.key, svc.metadata.resourceVersion)
+            except NotFound:
+                pass
+            except Conflict:
+                return Outcome(svc.key, requeue_after=0.0, state=p.status.state.value)
+            return Outcome(svc.key, settled=True, gone=True, state=State.inactive.value, message="deleted")
+        try:
+            status = p.status
+            if p.action == core.Action.provision:
+                running = observed.observation is not None and observed.observation.phase in (
+                    Phase.running, Phase.suspended)
+                port = self._port(svc, running)
+                target = self._target(svc, desired, port)
+                details = dict(backend.provision(target))
+                status = core.provisioned(svc, status, details, port, desired)
+            elif p.action == core.Action.deprovision:
+                backend.deprovision(target)
+            else:
+                backend.suspend(target)
+            p = core.Plan(p.action, status, p.requeue_after, p.settled, p.reason, p.message)
+        except BackendError as exc:
+            p = core.failed(svc, p.status, p.action, exc, self.clock())
+        return self._write(svc, p)
+
+    # ------------------------------------------------------------------ parts
+
+    def target_for(self, svc: ManagedService) -> Target:
+        """The backend's view of a service as it is now (for logs and tools)."""
+        return self._target(svc, core.spec_hash(svc), svc.status.endpoint.port if svc.status.endpoint else None)
+
+    def _target(self, svc: ManagedService, desired: str, port: int | None) -> Target:
+        return Target(
+            key=svc.key, uid=svc.metadata.uid or "", config=svc.spec.backend.config(), spec_hash=desired,
+            runtime_dir=self.store.runtime_dir(svc.key),
+            host=svc.spec.endpoint.host if svc.spec.endpoint else "127.0.0.1", port=port,
+            labels=dict(svc.metadata.labels), details=dict(svc.status.backend),
+        )
+
+    def _port(self, svc: ManagedService, running: bool) -> int | None:
+        ep = svc.spec.endpoint
+        if ep is None:
+            return None
+        last = svc.status.endpoint.port if svc.status.endpoint else None
+        return ports.allocate(ep, last, str(svc.key), owned=running)
+
+    def _observe(self, svc: ManagedService, backend: Backend, target: Target, desired: str) -> core.Observed:
+        try:
+            obs = backend.observe(target)
+        except BackendError as exc:
+            return core.Observed(error=exc, desired_hash=desired)
+        health = self._probe(svc, obs)
+        deps: tuple[str, ...] = ()
+        dependents: tuple[str, ...] = ()
+        going_down = svc.metadata.deletionTimestamp is not None or svc.spec.adminState != AdminState.active
+        if svc.spec.dependsOn and not going_down and obs.phase != Phase.running:
+            deps = tuple(self._deps_not_ready(svc))
+        if going_down and obs.phase in (Phase.running, Phase.suspended):
+            dependents = tuple(self._dependents_running(svc))
+        return core.Observed(observation=obs, health=health, deps_not_ready=deps,
+                             dependents_running=dependents, desired_hash=desired)
+
+    def _probe(self, svc: ManagedService, obs: Observation) -> ProbeResult | None:
+        ep = svc.spec.endpoint
+        if ep is None or ep.healthCheck is None or obs.phase != Phase.running:
+            return None
+        if svc.spec.adminState != AdminState.active or svc.metadata.deletionTimestamp is not None:
+            return None
+        port = svc.status.endpoint.port if svc.status.endpoint else None
+        if port is None:
+            return ProbeResult(False, "no endpoint port allocated yet")
+        return probe(ep.healthCheck, ep.protocol, ep.host, port)
+
+    def _deps_not_ready(self, svc: ManagedService) -> list[str]:
+        out = []
+        for name in svc.spec.dependsOn:
+            try:
+                dep = self.store.get(ServiceKey(svc.metadata.namespace, name))
+            except NotFound:
+                out.append(f"{name} (not found)")
+                continue
+            except CorruptObject:
+                out.append(f"{name} (unreadable)")
+                continue
+            if not is_ready(dep.status.conditions):
+                out.append(name)
+        return out
+
+    def _dependents_running(self, svc: ManagedService) -> list[str]:
+        """Dependents that are going down too but still run: they stop first."""
+        out = []
+        for other in self.store.list(svc.metadata.namespace).items:
+            if svc.metadata.name not in other.spec.dependsOn:
+                continue
+            other_down = other.metadata.deletionTimestamp is not None or other.spec.adminState != AdminState.active
+            if other_down and other.status.state not in (State.inactive, State.scaled_to_zero):
+                out.append(other.metadata.name)
+        return out
+
+    def _write(self, svc: ManagedService, p: core.Plan) -> Outcome:
+        """The pass's one status write, skipped when nothing changed."""
+        out = Outcome(svc.key, p.requeue_after, p.settled, state=p.status.state.value,
+                      message=p.message or p.status.lastError)
+        if p.status == svc.status:
+            return out
+        new = svc.model_copy(deep=True)
+        new.status = p.status
+        try:
+            self.store.update_status(new)
+        except Conflict:
+            return Outcome(svc.key, requeue_after=0.0, state=p.status.state.value)
+        except NotFound:
+            return Outcome(svc.key, gone=True, settled=True)
+        return out
+

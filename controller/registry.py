@@ -1,0 +1,60 @@
+"""Backends by kind, from the `converge.backends` entry point group.
+
+Backends are constructed lazily on first use, so a missing optional library (docker,
+python-terraform) only affects the services of that kind, with a clear message.
+"""
+
+from __future__ import annotations
+
+import threading
+from importlib.metadata import entry_points
+
+from backends.base import Backend, Notify
+from backends.errors import BackendUnavailable, PermanentError
+
+GROUP = "converge.backends"
+
+
+def available_kinds() -> list[str]:
+    return sorted(ep.name for ep in entry_points(group=GROUP))
+
+
+class Backends:
+    """The backends of one controller process."""
+
+    def __init__(self, preset: dict[str, Backend] | None = None) -> None:
+        self._made: dict[str, Backend] = dict(preset or {})
+        self._mu = threading.Lock()
+        self._notify: Notify | None = None
+
+    def get(self, kind: str) -> Backend:
+        with self._mu:
+            if kind in self._made:
+                return self._made[kind]
+            eps = {ep.name: ep for ep in entry_points(group=GROUP)}
+            if kind not in eps:
+                raise PermanentError(f"unknown backend {kind!r} (installed: {', '.join(sorted(eps))})",
+                                     reason="UnknownBackend")
+            try:
+                backend: Backend = eps[kind].load()()
+            except ImportError as exc:
+                raise BackendUnavailable(f"backend {kind!r} cannot be loaded: {exc} "
+                                         f"(pip install 'converge[{kind}]')") from None
+            self._made[kind] = backend
+            if self._notify is not None:
+                backend.watch(self._notify)
+            return backend
+
+    def watch(self, notify: Notify) -> None:
+        """Every backend made now or later reports changes to notify."""
+        with self._mu:
+            self._notify = notify
+            made = list(self._made.values())
+        for b in made:
+            b.watch(notify)
+
+    def close(self) -> None:
+        with self._mu:
+            made = list(self._made.values())
+        for b in made:
+            b.close()

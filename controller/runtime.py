@@ -1,0 +1,139 @@
+"""The local runtime: workers pulling keys from one queue and reconciling them.
+
+Two ways to drive it:
+- `converge(keys, timeout)`: one converging pass (`converge reconcile`, `up`, `down`,
+  `delete`): every key is reconciled and requeued as the core asks until all are settled.
+- `run(stop)`: the continuous controller (`converge run`): keys come from the store's
+  watch, from backends' change notifications (process exits, Docker events), from the
+  core's requeue times and from a periodic resync that catches any other drift.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Iterable
+
+from controller.api import ServiceKey
+from controller.reconciler import Outcome, Reconciler
+from controller.workqueue import WorkQueue
+
+log = logging.getLogger("converge")
+
+RESYNC_SECONDS = 30.0
+
+
+class Runtime:
+    def __init__(self, reconciler: Reconciler, workers: int = 8, resync: float = RESYNC_SECONDS) -> None:
+        self.reconciler = reconciler
+        self.workers = workers
+        self.resync = resync
+        self._last: dict[ServiceKey, tuple[str, str]] = {}
+        self._mu = threading.Lock()
+
+    def _report(self, o: Outcome) -> None:
+        """Log a line when a service's state or message changes (the event stream)."""
+        now = (o.state, o.error or o.message)
+        with self._mu:
+            before = self._last.get(o.key)
+            self._last[o.key] = now
+        if o.error and (before is None or before[1] != o.error):
+            log.error("%s: %s", o.key, o.error)
+        elif o.gone and before is not None and before[0] != "deleted":
+            self._last[o.key] = ("deleted", "")
+            log.info("%s: deleted", o.key)
+        elif before != now and o.state:
+            log.info("%s: %s%s", o.key, o.state, f" ({o.message})" if o.message else "")
+
+    def _reconcile(self, key: ServiceKey) -> Outcome:
+        try:
+            o = self.reconciler.reconcile(key)
+        except Exception as exc:  # a bug must not kill the controller: report, retry later
+            log.exception("%s: reconcile failed", key)
+            o = Outcome(key, requeue_after=5.0, error=f"internal error: {exc}")
+        self._report(o)
+        return o
+
+    # ------------------------------------------------------------------ one converging pass
+
+    def converge(self, keys: Iterable[ServiceKey], timeout: float) -> dict[ServiceKey, Outcome]:
+        """Reconcile `keys` until each is settled or `timeout` passes; the last outcome of each."""
+        queue: WorkQueue[ServiceKey] = WorkQueue()
+        results: dict[ServiceKey, Outcome] = {}
+        waiting = set(keys)
+        mu = threading.Condition()
+        for k in sorted(waiting):
+            queue.add(k)
+
+        def work() -> None:
+            while (key := queue.get()) is not None:
+                o = self._reconcile(key)
+                with mu:
+                    results[key] = o
+                    if o.settled:
+                        waiting.discard(key)
+                        mu.notify_all()
+                    else:
+                        queue.add_after(key, o.requeue_after if o.requeue_after is not None else 0.5)
+                queue.done(key)
+
+        threads = [threading.Thread(target=work, daemon=True, name=f"reconcile-{i}")
+                   for i in range(min(self.workers, max(1, len(waiting))))]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + timeout
+        with mu:
+            while waiting and time.monotonic() < deadline:
+                mu.wait(min(0.5, max(0.0, deadline - time.monotonic())))
+        queue.close()
+        for t in threads:
+            t.join(timeout=60)
+        return results
+
+    # ------------------------------------------------------------------ continuous
+
+    def run(self, stop: threading.Event) -> None:
+        store = self.reconciler.store
+        queue: WorkQueue[ServiceKey] = WorkQueue()
+        self.reconciler.backends.watch(queue.add)
+
+        def relist() -> None:
+            listed = store.list()
+            for obj in listed.items:
+                queue.add(obj.key)
+            for err in listed.errors:
+                if err.key is not None:
+                    queue.add(err.key)
+                else:
+                    log.error("%s", err)
+
+        def watch_store() -> None:
+            for key in store.watch(stop):
+                queue.add(key)
+
+        def resync() -> None:
+            while not stop.wait(self.resync):
+                relist()
+
+        def work() -> None:
+            while (key := queue.get()) is not None:
+                o = self._reconcile(key)
+                if not o.gone:
+                    delay = self.resync if o.requeue_after is None else min(o.requeue_after, self.resync)
+                    queue.add_after(key, delay * (1 + 0.1 * random.random()) if delay >= 1 else delay)
+                queue.done(key)
+
+        relist()
+        threads = [threading.Thread(target=f, daemon=True, name=n)
+                   for f, n in ((watch_store, "store-watch"), (resync, "resync"))]
+        threads += [threading.Thread(target=work, daemon=True, name=f"reconcile-{i}") for i in range(self.workers)]
+        for t in threads:
+            t.start()
+        log.info("controller running with %d workers; Ctrl-C to stop", self.workers)
+        stop.wait()
+        queue.close()
+        for t in threads[2:]:
+            t.join(timeout=30)
+        self.reconciler.backends.close()

@@ -1,0 +1,86 @@
+"""A deduplicating, delaying work queue of keys (client-go's workqueue, in small).
+
+A key is in the queue at most once; a key being processed is never handed to a second
+worker (same key serial, different keys parallel); a key added while it is processed is
+handed out again once it is done. `add_after` keeps the earliest due time.
+"""
+
+from __future__ import annotations
+
+import heapq
+import threading
+import time
+from collections.abc import Hashable
+from typing import Generic, TypeVar
+
+K = TypeVar("K", bound=Hashable)
+
+
+class WorkQueue(Generic[K]):
+    def __init__(self) -> None:
+        self._cv = threading.Condition()
+        self._due: dict[K, float] = {}  # key -> monotonic time it becomes ready
+        self._heap: list[tuple[float, int, K]] = []
+        self._seq = 0
+        self._processing: set[K] = set()
+        self._dirty_while_processing: dict[K, float] = {}
+        self._closed = False
+
+    def add(self, key: K) -> None:
+        self.add_after(key, 0.0)
+
+    def add_after(self, key: K, delay: float) -> None:
+        when = time.monotonic() + max(0.0, delay)
+        with self._cv:
+            if self._closed:
+                return
+            if key in self._processing:
+                prev = self._dirty_while_processing.get(key)
+                if prev is None or when < prev:
+                    self._dirty_while_processing[key] = when
+                return
+            prev = self._due.get(key)
+            if prev is not None and prev <= when:
+                return
+            self._due[key] = when
+            self._seq += 1
+            heapq.heappush(self._heap, (when, self._seq, key))
+            self._cv.notify()
+
+    def get(self, timeout: float | None = None) -> K | None:
+        """The next due key, or None when closed or after timeout."""
+        end = None if timeout is None else time.monotonic() + timeout
+        with self._cv:
+            while not self._closed:
+                now = time.monotonic()
+                while self._heap and self._due.get(self._heap[0][2]) != self._heap[0][0]:
+                    heapq.heappop(self._heap)  # superseded entry
+                if self._heap and self._heap[0][0] <= now:
+                    _, _, key = heapq.heappop(self._heap)
+                    del self._due[key]
+                    self._processing.add(key)
+                    return key
+                wait = self._heap[0][0] - now if self._heap else None
+                if end is not None:
+                    left = end - now
+                    if left <= 0:
+                        return None
+                    wait = left if wait is None else min(wait, left)
+                self._cv.wait(wait)
+            return None
+
+    def done(self, key: K) -> None:
+        with self._cv:
+            self._processing.discard(key)
+            when = self._dirty_while_processing.pop(key, None)
+        if when is not None:
+            self.add_after(key, when - time.monotonic())
+
+    def pending(self) -> int:
+        with self._cv:
+            return len(self._due) + len(self._processing)
+
+    def close(self) -> None:
+        with self._cv:
+            self._closed = True
+            self._cv.notify_all()
