@@ -52,8 +52,11 @@ SUSPEND_MARKER = "container.suspended"
 T = TypeVar("T")
 
 
+_MAPPED = (BackendError, docker.errors.DockerException, requests.exceptions.RequestException, OSError)
+
+
 def _map_error(exc: BaseException, what: str, secrets: Sequence[str] = ()) -> BackendError:
-    """The one place docker SDK / transport errors become ours."""
+    """The one place docker SDK / transport errors (`_MAPPED`) become ours."""
     if isinstance(exc, BackendError):
         return exc
     if isinstance(exc, requests.exceptions.Timeout):
@@ -75,9 +78,7 @@ def _map_error(exc: BaseException, what: str, secrets: Sequence[str] = ()) -> Ba
         if "Error while fetching server API version" in text or "Connection" in text:
             return BackendUnavailable(f"{what}: cannot reach the Docker engine ({_root_cause(exc)})")
         return TemporaryError(scrub(f"{what}: {text}", secrets), reason="ContainerError")
-    if isinstance(exc, (requests.exceptions.RequestException, OSError)):
-        return BackendUnavailable(f"{what}: Docker engine connection failed ({exc.__class__.__name__})")
-    return TemporaryError(scrub(f"{what}: {exc}", secrets), reason="ContainerError")
+    return BackendUnavailable(f"{what}: Docker engine connection failed ({exc.__class__.__name__})")
 
 
 def _explain(exc: docker.errors.APIError) -> str:
@@ -128,7 +129,7 @@ class ContainerBackend:
         """Run fn(client), mapping errors; forget the client when the engine is gone."""
         try:
             return fn(self._docker())
-        except Exception as exc:
+        except _MAPPED as exc:
             err = _map_error(exc, what, secrets)
             if isinstance(err, BackendUnavailable):
                 self._drop_client()

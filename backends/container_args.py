@@ -148,9 +148,7 @@ def create_args(target: Target, env: Mapping[str, str], base_dir: Path) -> dict[
         "name": container_name(target.key),
         "labels": labels_for(target),
         "init": True,
-        "detach": True,
         "environment": dict(env),
-        "stop_timeout": max(0, round(spec.stopGracePeriodSeconds)),
     }
     # Kubernetes' meaning: command replaces the image's ENTRYPOINT, args its CMD.
     if spec.command is not None:

@@ -39,9 +39,7 @@ def test_minimal_args() -> None:
         "labels": {ca.LABEL_NAMESPACE: "default", ca.LABEL_NAME: "web", ca.LABEL_UID: "u-1",
                    ca.LABEL_SPEC_HASH: "h1", ca.LABEL_PORT: "8080"},
         "init": True,
-        "detach": True,
         "environment": {},
-        "stop_timeout": 10,
         "ports": {"8080/tcp": [("127.0.0.1", 8080)]},
     }
 
