@@ -222,7 +222,13 @@ def _plan_active(
         msg = f"back-off {wait:.1f}s restarting failed service: {st.lastError}"
         return _finish(st, now, gen, state=State.error, ready=False, reason="CrashLoopBackOff",
                        message=msg[:LOG_TAIL_CHARS], progress=RECONCILING, requeue=wait)
-    return _provision(st, now, gen, "resuming" if phase == Phase.suspended else "starting")
+    if phase == Phase.suspended:
+        why = "resuming"
+    elif st.consecutiveFailures > 0:
+        why = "restarting after failure: " + st.lastError.splitlines()[0] if st.lastError else "restarting"
+    else:
+        why = "starting"
+    return _provision(st, now, gen, why)
 
 
 def _provision(st: ManagedServiceStatus, now: datetime, gen: int | None, why: str) -> Plan:

@@ -1,0 +1,92 @@
+"""Shared fixtures: a private file store per test and the real `converge` CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+BIN = Path(sys.executable).parent
+CONVERGE = str(BIN / "converge")
+
+
+class CLI:
+    """Runs the installed `converge` console script against one store."""
+
+    def __init__(self, store: Path, cwd: Path) -> None:
+        self.store = store
+        self.cwd = cwd
+        self.env = {**os.environ, "CONVERGE_STORE": str(store), "PATH": f"{BIN}:{os.environ['PATH']}"}
+
+    def __call__(self, *args: str, input: str | None = None, check: bool = True,
+                 timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        p = subprocess.run([CONVERGE, *args], input=input, capture_output=True, text=True, env=self.env,
+                           cwd=self.cwd, timeout=timeout)
+        if check and p.returncode != 0:
+            raise AssertionError(f"converge {' '.join(args)} exited {p.returncode}\n"
+                                 f"stdout:\n{p.stdout}\nstderr:\n{p.stderr}")
+        return p
+
+    def popen(self, *args: str) -> subprocess.Popen[str]:
+        return subprocess.Popen([CONVERGE, *args], env=self.env, cwd=self.cwd, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def obj(self, name: str) -> dict:
+        return json.loads(self("get", name, "-o", "json").stdout)
+
+    def pid(self, name: str) -> int:
+        return int(json.loads((self.store / "_runtime" / "default" / name / "daemon.json").read_text())["pid"])
+
+
+def _kill_leftovers(store: Path) -> None:
+    """Whatever a failed test left running under this store: kill its process groups."""
+    for pidfile in store.glob("_runtime/*/*/daemon.json"):
+        try:
+            pid = int(json.loads(pidfile.read_text())["pid"])
+            os.killpg(pid, 9)
+        except (OSError, ValueError, KeyError):
+            pass
+    for proc in psutil.process_iter(["environ"]):
+        try:
+            env = proc.info["environ"] or {}
+        except psutil.Error:
+            continue
+        if env.get("CONVERGE_STORE") == str(store) and proc.pid != os.getpid():
+            try:
+                proc.kill()
+            except psutil.Error:
+                pass
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Path]:
+    root = tmp_path / "store"
+    yield root
+    _kill_leftovers(root)
+
+
+@pytest.fixture
+def cli(store: Path, tmp_path: Path) -> Iterator[CLI]:
+    c = CLI(store, tmp_path)
+    yield c
+    if store.exists():
+        c("down", "--force", "-l", "", "--timeout", "30s", check=False)
+    _kill_leftovers(store)
+
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "manifests" / "examples"
+
+
+@pytest.fixture
+def examples(tmp_path: Path) -> Path:
+    """A copy of the example stack with ports moved out of the way of a running demo."""
+    dst = tmp_path / "examples"
+    shutil.copytree(EXAMPLES, dst)
+    return dst

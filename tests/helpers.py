@@ -1,0 +1,70 @@
+"""Manifest builders and small waits for the tests."""
+
+from __future__ import annotations
+
+import socket
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PY = sys.executable
+HTTP_SERVER = str(Path(__file__).resolve().parent / "programs" / "httpd.py")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def daemon(name: str, command: list[str], *, port: int | None = None, allocate: bool = False,
+           check: str | None = "http", labels: dict[str, str] | None = None, depends: list[str] | None = None,
+           admin: str = "active", env: dict[str, str] | None = None, restart: dict[str, Any] | None = None,
+           health: dict[str, Any] | None = None, namespace: str | None = None) -> dict[str, Any]:
+    spec: dict[str, Any] = {"adminState": admin, "backend": {"daemon": {"command": command}}}
+    if env:
+        spec["backend"]["daemon"]["env"] = env
+    if depends:
+        spec["dependsOn"] = depends
+    if port is not None or allocate:
+        ep: dict[str, Any] = {"protocol": "tcp" if check == "tcp" else "http"}
+        if port is not None:
+            ep["port"] = port
+        if allocate:
+            ep["allocatePort"] = True
+        if check == "http":
+            ep["healthCheck"] = {"http": {"path": "/healthz"}, "periodSeconds": 1, **(health or {})}
+        elif check == "tcp":
+            ep["healthCheck"] = {"tcp": {}, "periodSeconds": 1, **(health or {})}
+        spec["endpoint"] = ep
+    if restart:
+        spec["restartPolicy"] = restart
+    meta: dict[str, Any] = {"name": name, "labels": labels or {}}
+    if namespace:
+        meta["namespace"] = namespace
+    return {"apiVersion": "converge.dev/v1alpha1", "kind": "ManagedService", "metadata": meta, "spec": spec}
+
+
+def http_service(name: str, port: int | None = None, **kw: Any) -> dict[str, Any]:
+    """An HTTP daemon answering /healthz on $(PORT)."""
+    return daemon(name, [PY, HTTP_SERVER, "$(PORT)"], port=port if port is not None else free_port(), **kw)
+
+
+def write(path: Path, *docs: dict[str, Any]) -> Path:
+    path.write_text(yaml.safe_dump_all(docs, sort_keys=False))
+    return path
+
+
+def until(fn: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = fn()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)

@@ -1,0 +1,91 @@
+"""Backoff, selectors, conditions, dependency cycles, the work queue. No I/O."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from controller.backoff import restart_delay
+from controller.conditions import READY, RECONCILING, STALLED, mark_progress, set_condition
+from controller.deps import find_cycle
+from controller.selector import SelectorError, parse_selector
+from controller.workqueue import WorkQueue
+
+
+@pytest.mark.parametrize(("n", "want"), [(0, 0), (1, 0), (2, 1), (3, 2), (4, 4), (10, 10), (100, 10)])
+def test_restart_delay(n: int, want: float) -> None:
+    assert restart_delay(n, 1, 10) == want
+
+
+@pytest.mark.parametrize(
+    ("sel", "labels", "match"),
+    [
+        ("stack=demo", {"stack": "demo"}, True),
+        ("stack==demo", {"stack": "prod"}, False),
+        ("stack!=demo", {}, True),
+        ("stack=demo,tier in (web, api)", {"stack": "demo", "tier": "api"}, True),
+        ("tier notin (db)", {"tier": "db"}, False),
+        ("gpu", {"gpu": ""}, True),
+        ("!gpu", {"gpu": "1"}, False),
+        ("", {"a": "b"}, True),
+    ],
+)
+def test_selector(sel: str, labels: dict[str, str], match: bool) -> None:
+    assert parse_selector(sel).matches(labels) is match
+
+
+@pytest.mark.parametrize("bad", ["a=b=c", "!a in (b)", "a in b", "=x"])
+def test_selector_rejects(bad: str) -> None:
+    with pytest.raises(SelectorError):
+        parse_selector(bad)
+
+
+def test_conditions_keep_transition_time_and_exclude_each_other() -> None:
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    c = set_condition([], READY, "False", "Starting", "", t0)
+    c = set_condition(c, READY, "False", "Other", "m", t0 + timedelta(seconds=5))
+    assert c[0].lastTransitionTime == t0 and c[0].reason == "Other"
+    c = set_condition(c, READY, "True", "Healthy", "", t0 + timedelta(seconds=9))
+    assert c[0].lastTransitionTime == t0 + timedelta(seconds=9)
+    c = mark_progress(c, RECONCILING, "Progressing", "", t0)
+    c = mark_progress(c, STALLED, "InvalidSpec", "", t0)
+    assert {x.type for x in c} == {READY, STALLED}
+    assert {x.type for x in mark_progress(c, None, "", "", t0)} == {READY}
+
+
+def test_find_cycle() -> None:
+    assert find_cycle({"a": ["b"], "b": ["c"], "c": []}) is None
+    assert find_cycle({"a": ["b"], "b": ["a"]}) == ["a", "b", "a"]
+    assert find_cycle({"a": ["a"]}) == ["a", "a"]
+    assert find_cycle({"a": ["missing"]}) is None
+
+
+def test_workqueue_dedups_and_serializes_a_key() -> None:
+    q: WorkQueue[str] = WorkQueue()
+    q.add("a")
+    q.add("a")
+    q.add_after("b", 0.05)
+    assert q.get(timeout=1) == "a"
+    q.add("a")  # while processing: handed out again only after done
+    assert q.get(timeout=0.01) is None
+    assert q.get(timeout=1) == "b"
+    q.done("a")
+    assert q.get(timeout=1) == "a"
+
+
+def test_workqueue_add_after_keeps_earliest_and_close_wakes() -> None:
+    q: WorkQueue[str] = WorkQueue()
+    q.add_after("a", 10)
+    q.add_after("a", 0.01)
+    t = time.monotonic()
+    assert q.get(timeout=2) == "a"
+    assert time.monotonic() - t < 1
+    got: list[str | None] = []
+    th = threading.Thread(target=lambda: got.append(q.get()))
+    th.start()
+    q.close()
+    th.join(2)
+    assert got == [None]
