@@ -220,18 +220,23 @@ def _ended_ok(path: Path) -> bool:
 
 
 def read_lines(log_dir: Path, follow: bool, tail: int | None, poll: float = 0.5) -> Iterator[str]:
-    """Lines of the run logs, oldest first; with follow, new lines as they come."""
+    """Lines of the run logs as they are now, oldest first; with follow, then the new lines
+    as they come, until the iterator is closed."""
     lines: list[str] = []
     for p in run_logs(log_dir):
         with contextlib.suppress(OSError):
             lines.extend(p.read_text(errors="replace").splitlines())
     if tail is not None:
         lines = lines[-tail:] if tail > 0 else []
-    yield from lines
     if not follow:
-        return
+        return iter(lines)
     logs = run_logs(log_dir)
     current, offset = (logs[-1], logs[-1].stat().st_size) if logs else (None, 0)
+    return _follow(lines, log_dir, current, offset, poll)
+
+
+def _follow(lines: list[str], log_dir: Path, current: Path | None, offset: int, poll: float) -> Iterator[str]:
+    yield from lines
     pending = ""
     while True:
         if current is not None and current.exists():
