@@ -86,7 +86,8 @@ class Ctx:
 
 
 def kill_loop(ctx: Ctx, ports: list[int], check: Callable[[], None] | None = None,
-              restart: Callable[[int], None] | None = None) -> dict[str, Any]:
+              restart: Callable[[int], None] | None = None,
+              diagnose: Callable[[int], str] | None = None) -> dict[str, Any]:
     """Kill -9 a random daemon, time until its port answers from a new pid; repeat.
     `restart(index)` is called right after the kill when the harness itself restarts."""
     kills, settle = ctx.args.kills, ctx.args.settle
@@ -103,7 +104,11 @@ def kill_loop(ctx: Ctx, ports: list[int], check: Callable[[], None] | None = Non
         kill9(old)
         if restart is not None:
             restart(i)
-        samples.append(wait_new_pid(ports[i], old, timeout=ctx.args.kill_timeout, t0=t0))
+        try:
+            samples.append(wait_new_pid(ports[i], old, timeout=ctx.args.kill_timeout, t0=t0))
+        except BenchError as exc:
+            detail = diagnose(i) if diagnose is not None else ""
+            raise BenchError(f"kill {len(samples) + 1}: {exc}\n{detail}".rstrip()) from exc
         if check is not None:
             check()
         time.sleep(settle)
@@ -314,7 +319,13 @@ def bench_converge_run(ctx: Ctx, n: int) -> dict[str, Any]:
         res: dict[str, Any] = {"apply_s": t_apply, "start_to_all_healthy_s": t_healthy,
                                "start_to_healthy_per_service_s": summarize(list(healthy.values())),
                                "all_ready_in_status_after_healthy_s": ready_after}
-        res.update(kill_loop(ctx, ports, check=alive))
+
+        def diagnose(i: int) -> str:
+            out = subprocess.run([str(cv), "describe", f"svc-{i:04d}"], env=env, capture_output=True,
+                                 text=True, timeout=60, check=False)
+            return f"`converge describe svc-{i:04d}`:\n{out.stdout[-2500:]}{out.stderr[-500:]}"
+
+        res.update(kill_loop(ctx, ports, check=alive, diagnose=diagnose))
         if n == ctx.args.idle_n:
             time.sleep(ctx.args.idle_warmup)
             res["idle"] = sample_idle(proc.pid, ctx.args.idle_seconds)
@@ -338,7 +349,9 @@ def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", default="1,50,200", help="comma-separated service counts")
     ap.add_argument("--kills", type=int, default=30, help="kill -9 samples per tool and N")
-    ap.add_argument("--settle", type=float, default=1.2, help="seconds between kills")
+    ap.add_argument("--settle", type=float, default=None,
+                    help="seconds between kills (default: --reset-after + 0.5, so that converge's "
+                    "restart backoff has been reset and each kill measures a first restart)")
     ap.add_argument("--idle-seconds", type=float, default=30.0)
     ap.add_argument("--idle-warmup", type=float, default=5.0, help="seconds before the idle sample")
     ap.add_argument("--idle-n", type=int, default=None, help="N at which idle is sampled (default: max N)")
@@ -357,6 +370,8 @@ def parse_args() -> argparse.Namespace:
     bad = set(args.tools) - set(TOOLS)
     if bad or not args.ns or min(args.ns) < 1 or args.kills < 1:
         ap.error(f"bad --n/--only/--kills (unknown tools: {sorted(bad)})")
+    if args.settle is None:
+        args.settle = args.reset_after + 0.5
     if args.idle_n is None:
         args.idle_n = max(args.ns)
     return args
@@ -390,6 +405,11 @@ def main() -> None:
                     left = tagged(tag)
                     if left:
                         raise BenchError(f"{len(left)} processes of {tool} still alive after its phase")
+        except (BenchError, KeyboardInterrupt) as exc:
+            # Keep what was measured, marked failed; the exit status is non-zero.
+            results["error"] = f"{type(exc).__name__}: {exc}"
+            print(f"partial results: {write_results('bench_supervise', results)}", file=sys.stderr)
+            raise
         finally:
             if args.keep:
                 print(f"scratch kept: {scratch}", file=sys.stderr)
