@@ -204,7 +204,8 @@ class Engine:
 
 
 def busybox_rootfs_tar() -> bytes:
-    """A tar of a minimal rootfs: busybox, its applet links, /www/index.html, /etc/passwd."""
+    """A tar of a minimal rootfs: busybox, its applet links, /etc/passwd, and /www for
+    `busybox httpd -h /www`: index.html, healthz and cgi-bin/instance."""
     applets = subprocess.run([str(BUSYBOX), "--list"], capture_output=True, text=True,
                              check=True).stdout.split()
     buf = io.BytesIO()
@@ -233,6 +234,11 @@ def busybox_rootfs_tar() -> bytes:
         add_file(tar, "etc/group", b"root:x:0:\nnogroup:x:65534:\n")
         add_file(tar, "www/index.html", b"ok\n")
         add_file(tar, "www/healthz", b"ok\n")
+        # GET /cgi-bin/instance: the start time (clock ticks since boot) of the container's
+        # init, so a client can tell a restarted container from the one it killed.
+        add_dir(tar, "www/cgi-bin")
+        add_file(tar, "www/cgi-bin/instance",
+                 b"#!/bin/sh\necho 'Content-Type: text/plain'\necho\ncut -d' ' -f22 /proc/1/stat\n", 0o755)
     return buf.getvalue()
 
 
