@@ -1,23 +1,28 @@
 #!/usr/bin/env bash
 # Install what the Docker tests (tests/docker) and benchmarks/bench_container.py need:
-# Debian's Docker engine (dockerd, containerd, runc, docker-init) and busybox-static (the
-# test image's rootfs). Idempotent and silent when everything is present; run by .ci/bootstrap.
+# Debian's Docker engine (dockerd, containerd, runc, docker-init), busybox-static (the
+# test image's rootfs) and iproute2 (each test engine gets a bridge of its own).
+# Idempotent and silent when everything is present; run by .ci/bootstrap.
 set -euo pipefail
 
 missing=()
 command -v dockerd >/dev/null 2>&1 || missing+=(docker.io)
 [ -x /bin/busybox ] || missing+=(busybox-static)
+command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 [ ${#missing[@]} -eq 0 ] && exit 0
 
-if [ "$(id -u)" -ne 0 ]; then
-  sudo=(sudo -n)
-else
-  sudo=()
-fi
+sudo=()
+[ "$(id -u)" -eq 0 ] || sudo=(sudo -n)
+apt=("${sudo[@]}" apt-get -o DPkg::Lock::Timeout=600 -qq)
 export DEBIAN_FRONTEND=noninteractive
 echo "setup.d/docker.sh: installing ${missing[*]}" >&2
-# Only refresh the package lists when the candidates are unknown (a fresh image has none).
+install() { "${apt[@]}" install -y --no-install-recommends "${missing[@]}" >/dev/null; }
+# Refresh the package lists only when needed: unknown packages (a fresh image has no
+# lists) or an install that fails on stale ones.
 if ! apt-cache show "${missing[@]}" >/dev/null 2>&1; then
-  "${sudo[@]}" apt-get -o DPkg::Lock::Timeout=600 update -qq >&2
+  "${apt[@]}" update >&2
+  install
+elif ! install; then
+  "${apt[@]}" update >&2
+  install
 fi
-"${sudo[@]}" apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
