@@ -388,3 +388,32 @@ def run_cli(args: Sequence[str | Path], env: dict[str, str] | None = None, timeo
         raise BenchError(f"`{' '.join(map(str, args))}` exited {out.returncode}:\n"
                          f"{out.stdout[-3000:]}{out.stderr[-3000:]}")
     return out
+
+
+class FirstHealthy:
+    """Polls GET on one port from a thread (every `interval`) and records when it first
+    answers 200, relative to `t0`. Start it before the action being timed."""
+
+    def __init__(self, port: int, t0: float, interval: float = 0.005) -> None:
+        import threading
+
+        self.port, self.t0, self.interval = port, t0, interval
+        self.at: float | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            if http_get(self.port, timeout=0.5) is not None:
+                self.at = time.monotonic() - self.t0
+                return
+            time.sleep(self.interval)
+
+    def wait(self, timeout: float) -> float:
+        """Seconds from t0 to first healthy; BenchError if not within `timeout`."""
+        self._thread.join(timeout)
+        self._stop.set()
+        if self.at is None:
+            raise BenchError(f"port {self.port} not healthy within {timeout:.0f}s")
+        return self.at
