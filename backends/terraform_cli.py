@@ -88,16 +88,16 @@ def plan_changes(text: str) -> list[str]:
 
 
 def drift_message(text: str, limit: int = 5) -> str:
-    """What a plan with changes (exit 2) would do, in one line."""
+    """What a plan with changes (exit 2) would do, in one line (the core says it is drift)."""
     changes = plan_changes(text)
     summary = next((ln.strip() for ln in text.splitlines() if _SUMMARY.match(ln.strip())), "")
     if not changes:
         if "Changes to Outputs" in text:
-            return "drift: outputs would change"
-        return "drift: the plan has changes"
+            return "outputs would change"
+        return "the plan has changes"
     shown = "; ".join(changes[:limit])
     more = f"; and {len(changes) - limit} more" if len(changes) > limit else ""
-    return f"drift: {shown}{more}" + (f" ({summary})" if summary else "")
+    return f"{shown}{more}" + (f" ({summary})" if summary else "")
 
 
 # --------------------------------------------------------------------------- errors

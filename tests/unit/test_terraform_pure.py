@@ -78,13 +78,13 @@ def test_plan_changes_lists_each_planned_action() -> None:
 
 def test_drift_message_names_resources_and_summary() -> None:
     msg = cli.drift_message(PLAN_DRIFT, limit=2)
-    assert msg == ("drift: terraform_data.file must be replaced; terraform_data.other will be updated "
+    assert msg == ("terraform_data.file must be replaced; terraform_data.other will be updated "
                    "in-place; and 3 more (Plan: 2 to add, 1 to change, 2 to destroy.)")
 
 
 @pytest.mark.parametrize(("text", "msg"), [
-    ("Changes to Outputs:\n  ~ greeting = \"a\" -> \"b\"\n", "drift: outputs would change"),
-    ("something else\n", "drift: the plan has changes"),
+    ("Changes to Outputs:\n  ~ greeting = \"a\" -> \"b\"\n", "outputs would change"),
+    ("something else\n", "the plan has changes"),
 ])
 def test_drift_message_without_resource_changes(text: str, msg: str) -> None:
     assert cli.drift_message(text) == msg
