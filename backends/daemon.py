@@ -249,21 +249,25 @@ class DaemonBackend:
                 if os.getpgid(p.pid) != proc.pid:
                     p.terminate()
                     p.resume()
-        deadline = time.monotonic() + grace
-        while time.monotonic() < deadline:
-            self._reap(proc.pid)
-            if not any(self._alive(p) for p in family):
-                break
-            time.sleep(0.02)
-        else:
+        if not self._wait_gone(proc.pid, family, grace):
             self._signal_group(proc.pid, signal.SIGKILL)
             for p in family:
                 with contextlib.suppress(psutil.Error):
                     p.kill()
-        for p in family:
-            with contextlib.suppress(psutil.Error):
-                p.wait(timeout=2)
-        self._reap(proc.pid)
+            self._wait_gone(proc.pid, family, 5.0)
+
+    def _wait_gone(self, pid: int, family: list[psutil.Process], timeout: float) -> bool:
+        """Until every process of the family is dead (a zombie counts as dead)."""
+        deadline = time.monotonic() + timeout
+        delay = 0.002
+        while True:
+            self._reap(pid)
+            if not any(self._alive(p) for p in family):
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
 
     @staticmethod
     def _alive(p: psutil.Process) -> bool:

@@ -367,8 +367,8 @@ class ManagedServiceStatus(Model):
 
 
 class ManagedService(Model):
-    apiVersion: Literal["converge.dev/v1alpha1"] = GROUP_VERSION  # type: ignore[assignment]
-    kind: Literal["ManagedService"] = KIND
+    apiVersion: Literal["converge.dev/v1alpha1"] = "converge.dev/v1alpha1"
+    kind: Literal["ManagedService"] = "ManagedService"
     metadata: ObjectMeta
     spec: ManagedServiceSpec
     status: ManagedServiceStatus = Field(default_factory=ManagedServiceStatus)

@@ -14,6 +14,7 @@ before returning (like docker compose), so they work without a `converge run`.
 
 from __future__ import annotations
 
+import builtins
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -137,7 +138,7 @@ class Client:
             keys = [o.key for o in listed.items] + [e.key for e in listed.errors if e.key is not None]
         return self.runtime.converge(list(keys), timeout)
 
-    def _select(self, selector: str | None, names: Iterable[str], namespace: str | None) -> list[ServiceKey]:
+    def _select(self, selector: str | None, names: Iterable[str], namespace: str | None) -> builtins.list[ServiceKey]:
         names = list(names)
         if names:
             return [ServiceKey(namespace or "default", n) for n in names]

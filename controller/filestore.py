@@ -107,7 +107,7 @@ class FileStore:
         if hit is not None and hit[0] == sig:
             return hit[1].model_copy(deep=True)
         try:
-            data: Any = yaml.load(path.read_bytes(), Loader=_Loader)  # noqa: S506 - safe loader
+            data: Any = yaml.load(path.read_bytes(), Loader=_Loader)
         except FileNotFoundError:
             raise NotFound(str(key or path)) from None
         except (yaml.YAMLError, UnicodeDecodeError) as exc:
@@ -172,7 +172,7 @@ class FileStore:
             os.fsync(fd)
         finally:
             os.close(fd)
-        os.replace(tmp, path)
+        tmp.replace(path)
         dfd = os.open(path.parent, os.O_RDONLY)
         try:
             os.fsync(dfd)

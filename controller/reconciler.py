@@ -83,22 +83,23 @@ class Reconciler:
             except Conflict:
                 return Outcome(svc.key, requeue_after=0.0, state=p.status.state.value)
             return Outcome(svc.key, settled=True, gone=True, state=State.inactive.value, message="deleted")
+        action = p.action
         try:
             status = p.status
-            if p.action == core.Action.provision:
+            if action == core.Action.provision:
                 running = observed.observation is not None and observed.observation.phase in (
                     Phase.running, Phase.suspended)
                 port = self._port(svc, running)
                 target = self._target(svc, desired, port)
                 details = dict(backend.provision(target))
                 status = core.provisioned(svc, status, details, port, desired)
-            elif p.action == core.Action.deprovision:
+            elif action == core.Action.deprovision:
                 backend.deprovision(target)
             else:
                 backend.suspend(target)
-            p = core.Plan(p.action, status, p.requeue_after, p.settled, p.reason, p.message)
+            p = core.Plan(action, status, p.requeue_after, p.settled, p.reason, p.message)
         except BackendError as exc:
-            p = core.failed(svc, p.status, p.action, exc, self.clock())
+            p = core.failed(svc, p.status, action, exc, self.clock())
         return self._write(svc, p)
 
     # ------------------------------------------------------------------ parts

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -59,10 +60,8 @@ def _kill_leftovers(store: Path) -> None:
         except psutil.Error:
             continue
         if env.get("CONVERGE_STORE") == str(store) and proc.pid != os.getpid():
-            try:
+            with contextlib.suppress(psutil.Error):
                 proc.kill()
-            except psutil.Error:
-                pass
 
 
 @pytest.fixture
@@ -89,4 +88,10 @@ def examples(tmp_path: Path) -> Path:
     """A copy of the example stack with ports moved out of the way of a running demo."""
     dst = tmp_path / "examples"
     shutil.copytree(EXAMPLES, dst)
+    from tests.helpers import free_port
+
+    text = (dst / "stack.yaml").read_text()
+    db, api, web = free_port(), free_port(), free_port()
+    text = text.replace("15432", str(db)).replace("18080", str(api)).replace("18000", str(web))
+    (dst / "stack.yaml").write_text(text)
     return dst

@@ -15,7 +15,8 @@ class H(http.server.BaseHTTPRequestHandler):
             status_file = os.environ.get("HEALTH_FILE")
             code = 200
             if status_file and os.path.exists(status_file):
-                code = int(open(status_file).read().strip() or 200)
+                with open(status_file) as f:
+                    code = int(f.read().strip() or 200)
             body = b"ok"
         else:
             code, body = 200, os.environ.get("GREETING", "hello").encode()

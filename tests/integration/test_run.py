@@ -1,0 +1,136 @@
+"""`converge run`: the continuous controller self-heals, backs off, adopts, follows the store."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.conftest import CLI
+from tests.helpers import PY, daemon, http_service, until, write
+
+
+def state(cli: CLI, name: str) -> str:
+    return str(cli.obj(name)["status"]["state"])
+
+
+def ready(cli: CLI, name: str) -> bool:
+    conds = cli.obj(name)["status"].get("conditions", [])
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in conds)
+
+
+@pytest.fixture
+def controller(cli: CLI) -> Iterator[list[subprocess.Popen[str]]]:
+    """Start `converge run` processes with controller.append(cli.popen(...)); stopped at the end."""
+    procs: list[subprocess.Popen[str]] = []
+    yield procs
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGINT)
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+        if p.stdout:
+            p.stdout.close()
+
+
+def test_sigkill_is_noticed_by_exit_event_and_restarted(cli: CLI, tmp_path: Path,
+                                                        controller: list[subprocess.Popen[str]]) -> None:
+    # Resync and probe periods far beyond the test: only the exit notification can heal it in time.
+    write(tmp_path / "s.yaml", http_service("heal", health={"periodSeconds": 300}))
+    cli("apply", "-f", str(tmp_path / "s.yaml"))
+    controller.append(cli.popen("run", "--resync", "600s"))
+    until(lambda: ready(cli, "heal"), timeout=20, what="Ready")
+    latencies = []
+    for _ in range(3):
+        pid = cli.pid("heal")
+        t0 = time.monotonic()
+        os.kill(pid, signal.SIGKILL)
+        until(lambda pid=pid: cli.pid("heal") != pid and ready(cli, "heal"), timeout=10, what="healed")
+        latencies.append(time.monotonic() - t0)
+    assert max(latencies) < 3.0, latencies
+    st = cli.obj("heal")["status"]
+    assert st["restarts"] == 3
+    assert st["lastExitCode"] == -9
+
+
+def test_crash_loop_backs_off_and_reports(cli: CLI, tmp_path: Path, controller: list[subprocess.Popen[str]]) -> None:
+    cmd = [PY, "-c", "import sys; print('boom: cannot open config', flush=True); sys.exit(3)"]
+    write(tmp_path / "s.yaml", daemon("crash", cmd, check=None,
+                                      restart={"backoffSeconds": 0.2, "maxBackoffSeconds": 0.8}))
+    cli("apply", "-f", str(tmp_path / "s.yaml"))
+    controller.append(cli.popen("run"))
+    until(lambda: cli.obj("crash")["status"]["restarts"] >= 4, timeout=20, what="4 restarts")
+    time.sleep(2.0)
+    st = cli.obj("crash")["status"]
+    # 0 + 0.2 + 0.4 + 0.8 + 0.8 ... : about 2.2 s for 5 restarts, then one per 0.8 s; never a hot loop.
+    assert 4 <= st["restarts"] <= 10, st["restarts"]
+    assert st["lastExitCode"] == 3
+    assert "exited with code 3" in st["lastError"] and "boom: cannot open config" in st["lastError"]
+    assert st["consecutiveFailures"] >= 4
+
+
+def test_restarted_controller_adopts_and_starts_no_duplicate(cli: CLI, tmp_path: Path,
+                                                             controller: list[subprocess.Popen[str]]) -> None:
+    write(tmp_path / "s.yaml", http_service("adopt"))
+    cli("apply", "-f", str(tmp_path / "s.yaml"))
+    controller.append(cli.popen("run"))
+    until(lambda: ready(cli, "adopt"), timeout=20, what="Ready")
+    pid = cli.pid("adopt")
+    first = controller.pop()
+    first.send_signal(signal.SIGINT)
+    first.wait(10)
+    assert psutil.pid_exists(pid)
+    controller.append(cli.popen("run"))
+    time.sleep(2.0)
+    assert cli.pid("adopt") == pid and ready(cli, "adopt")
+    argv = psutil.Process(pid).cmdline()
+    assert [p.pid for p in psutil.process_iter(["cmdline"]) if p.info["cmdline"] == argv] == [pid]
+    # kill -9 of the controller itself changes nothing either
+    controller[-1].kill()
+    controller[-1].wait()
+    controller.append(cli.popen("run"))
+    time.sleep(1.5)
+    assert cli.pid("adopt") == pid
+
+
+def test_health_error_past_threshold_then_recovery(cli: CLI, tmp_path: Path,
+                                                   controller: list[subprocess.Popen[str]]) -> None:
+    gate = tmp_path / "health"
+    write(tmp_path / "s.yaml", http_service("sick", env={"HEALTH_FILE": str(gate)},
+                                            health={"periodSeconds": 0.2, "failureThreshold": 3}))
+    cli("apply", "-f", str(tmp_path / "s.yaml"))
+    controller.append(cli.popen("run"))
+    until(lambda: ready(cli, "sick"), timeout=20, what="Ready")
+    gate.write_text("500")
+    until(lambda: state(cli, "sick") == "error", timeout=10, what="error")
+    st = cli.obj("sick")["status"]
+    assert "status 500, want 200" in st["lastError"]
+    cond = {c["type"]: c for c in st["conditions"]}["Ready"]
+    assert cond["status"] == "False" and cond["reason"] == "HealthCheckFailed"
+    gate.write_text("200")
+    until(lambda: ready(cli, "sick"), timeout=10, what="recovered")
+
+
+def test_run_follows_the_store(cli: CLI, tmp_path: Path, controller: list[subprocess.Popen[str]]) -> None:
+    controller.append(cli.popen("run"))
+    write(tmp_path / "s.yaml", http_service("late", labels={"stack": "l"}))
+    cli("apply", "-f", str(tmp_path / "s.yaml"))
+    until(lambda: ready(cli, "late"), timeout=20, what="Ready after apply")
+    pid = cli.pid("late")
+    cli("down", "-l", "stack=l")
+    assert psutil.Process(pid).status() == psutil.STATUS_STOPPED
+    time.sleep(1.0)  # the running controller must not resume it
+    assert psutil.Process(pid).status() == psutil.STATUS_STOPPED
+    write(tmp_path / "s.yaml", http_service("late", labels={"stack": "l"}, admin="inactive"))
+    cli("apply", "-f", str(tmp_path / "s.yaml"))
+    until(lambda: state(cli, "late") == "inactive", timeout=10, what="deprovisioned by run")
+    until(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE)
