@@ -100,6 +100,38 @@ def test_recipe_is_copied_and_recopied_on_spec_change(backend: TerraformBackend,
     assert (runtime / "main.tf").read_text() == tf.read_text()
 
 
+def test_variable_files_are_copied_too(backend: TerraformBackend, make_target: MakeTarget, world: Path,
+                                       tmp_path: Path, runtime: Path) -> None:
+    varfile = tmp_path / "site.tfvars"
+    varfile.write_text('content = "from a file"\n')
+    t = make_target("file", variables={"dir": str(world)}, variableFiles=[str(varfile)], outputs=["greeting"])
+    assert backend.provision(t)["outputs"] == {"greeting": "hello from a file"}
+    varfile.write_text('content = "edited"\n')
+    assert not backend.observe(t).drifted  # the running service uses its copy
+    assert [p.name for p in (runtime / ".converge" / "varfiles").iterdir()] == ["00-site.tfvars"]
+
+
+def test_without_copy_the_source_is_used_in_place(backend: TerraformBackend, make_target: MakeTarget,
+                                                  recipe_copy: object, world: Path, runtime: Path) -> None:
+    src = recipe_copy("file")  # type: ignore[operator]
+    t = make_target(src, variables={"dir": str(world)}, outputs=["unlisted"], copy=False)
+    backend.provision(t)
+    assert (runtime / "main.tf").is_symlink()
+    assert not (src / "terraform.tfstate").exists() and not (src / ".terraform").exists()
+
+    tf = src / "main.tf"
+    tf.write_text(tf.read_text().replace('"not published"', '"edited"'))
+    obs = backend.observe(t)  # an edit of the source is a change to apply
+    assert obs.drifted and obs.message == "outputs would change"
+    assert backend.provision(t)["outputs"] == {"unlisted": "edited"}
+
+
+def test_log_level_reaches_terraform(backend: TerraformBackend, make_target: MakeTarget, world: Path) -> None:
+    t = make_target("file", variables={"dir": str(world)}, logLevel="INFO")
+    backend.provision(t)
+    assert any("[INFO]" in line for line in backend.logs(t))
+
+
 # --------------------------------------------------------------------------- drift, changes
 
 
