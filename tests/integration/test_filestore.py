@@ -1,0 +1,147 @@
+"""FileStore on a real filesystem: optimistic concurrency, atomic writes, locks, corruption."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from controller.api import ManagedService, ServiceKey
+from controller.filestore import FileStore
+from controller.selector import parse_selector
+from controller.store import AlreadyExists, Conflict, NotFound
+
+
+def make(name: str, **labels: str) -> ManagedService:
+    return ManagedService.model_validate({
+        "metadata": {"name": name, "labels": labels},
+        "spec": {"backend": {"daemon": {"command": ["true"]}}},
+    })
+
+
+def test_create_get_update_conflict_delete(tmp_path: Path) -> None:
+    s = FileStore(tmp_path / "st")
+    a = s.create(make("a", stack="x"))
+    assert (a.metadata.resourceVersion, a.metadata.generation) == ("1", 1) and a.metadata.uid
+    with pytest.raises(AlreadyExists):
+        s.create(make("a"))
+    stale = s.get(a.key)
+    a.spec.backend.daemon.command = ["false"]  # type: ignore[union-attr]
+    b = s.update(a)
+    assert (b.metadata.resourceVersion, b.metadata.generation) == ("2", 2)
+    stale.spec.adminState = "suspended"  # type: ignore[assignment]
+    with pytest.raises(Conflict):
+        s.update(stale)
+    b.status.restarts = 4
+    c = s.update_status(b)
+    assert c.metadata.generation == 2 and c.status.restarts == 4
+    with pytest.raises(Conflict):
+        s.update_status(b)  # b's resourceVersion is now stale
+    assert s.update(s.get(a.key)).metadata.resourceVersion == "3"  # no change, no write
+    assert [o.metadata.name for o in s.list(selector=parse_selector("stack=x")).items] == ["a"]
+    with pytest.raises(Conflict):
+        s.delete(a.key, "1")
+    s.delete(a.key)
+    with pytest.raises(NotFound):
+        s.get(a.key)
+
+
+def test_recreated_object_is_not_overwritten_by_a_stale_writer(tmp_path: Path) -> None:
+    s = FileStore(tmp_path / "st")
+    old = s.create(make("a"))
+    s.delete(old.key)
+    s.create(make("a"))
+    with pytest.raises(Conflict):
+        s.update(old)  # same resourceVersion "1", another uid
+
+
+def test_writes_are_atomic_and_private(tmp_path: Path) -> None:
+    s = FileStore(tmp_path / "st")
+    s.create(make("a"))
+    assert (tmp_path / "st").stat().st_mode & 0o777 == 0o700
+    f = tmp_path / "st" / "default" / "a.yaml"
+    assert f.stat().st_mode & 0o777 == 0o600
+    assert [p.name for p in f.parent.iterdir()] == ["a.yaml"]  # no temp file left
+    # A crash between writing the temp file and renaming it leaves a stray temp: ignored.
+    (f.parent / ".a.yaml.123.456.tmp").write_text("half a wri")
+    assert [o.metadata.name for o in s.list().items] == ["a"]
+
+
+def _writer(root: str, name: str, n: int) -> None:
+    s = FileStore(root)
+    key = ServiceKey("default", "counter")
+    for _ in range(n):
+        while True:
+            cur = s.get(key)
+            cur.status.restarts += 1
+            try:
+                s.update_status(cur)
+                break
+            except Conflict:
+                continue
+    s.create(make(name))
+
+
+def test_concurrent_writers_lose_no_update(tmp_path: Path) -> None:
+    root = tmp_path / "st"
+    FileStore(root).create(make("counter"))
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_writer, args=(str(root), f"w{i}", 40)) for i in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    s = FileStore(root)
+    assert s.get(ServiceKey("default", "counter")).status.restarts == 120
+    assert len(s.list().items) == 4
+
+
+def _hold_lock(root: str, started: multiprocessing.synchronize.Event) -> None:  # type: ignore[name-defined]
+    with FileStore(root).lock(ServiceKey("default", "x")):
+        started.set()
+        time.sleep(60)
+
+
+def test_service_lock_excludes_and_dies_with_its_holder(tmp_path: Path) -> None:
+    root = tmp_path / "st"
+    FileStore(root)
+    ctx = multiprocessing.get_context("spawn")
+    started = ctx.Event()
+    holder = ctx.Process(target=_hold_lock, args=(str(root), started))
+    holder.start()
+    assert started.wait(30)
+    got = threading.Event()
+
+    def take() -> None:
+        with FileStore(root).lock(ServiceKey("default", "x")):
+            got.set()
+
+    t = threading.Thread(target=take, daemon=True)
+    t.start()
+    assert not got.wait(0.3)
+    assert holder.pid is not None
+    os.kill(holder.pid, signal.SIGKILL)  # a crashed controller's lock is released by the kernel
+    holder.join()
+    assert got.wait(5)
+
+
+def test_corrupt_and_misplaced_files_are_reported_by_name(tmp_path: Path) -> None:
+    s = FileStore(tmp_path / "st")
+    s.create(make("good"))
+    d = tmp_path / "st" / "default"
+    (d / "bad.yaml").write_text(": : :\n  - [")
+    (d / "wrong.yaml").write_text((d / "good.yaml").read_text())
+    (d / "invalid.yaml").write_text((d / "good.yaml").read_text().replace("name: good", "name: invalid")
+                                    .replace("adminState: active", "adminState: sleeping"))
+    res = s.list()
+    assert [o.metadata.name for o in res.items] == ["good"]
+    errs = {Path(e.where).name: e.reason for e in res.errors}
+    assert "not valid YAML" in errs["bad.yaml"]
+    assert "expected default/wrong" in errs["wrong.yaml"]
+    assert "spec.adminState" in errs["invalid.yaml"]
