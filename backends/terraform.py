@@ -103,10 +103,10 @@ class TerraformBackend:
         with self._lock(ws):
             binary = runner.find_binary()
             ws.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self._check_lock(ws)  # before touching the recipe a running terraform may be using
             var_files = self._prepare(ws, spec, target.spec_hash)
             env = runner.child_env(spec.logLevel)
             self._init(ws, binary, env, spec)
-            self._check_lock(ws)
             res = self._run(ws, cli.apply_argv(binary, var_files), env, spec, "apply")
             if not res.ok:
                 raise _failure("apply", res, spec)
