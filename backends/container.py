@@ -42,7 +42,7 @@ from controller.api import ServiceKey
 
 log = logging.getLogger(__name__)
 
-API_TIMEOUT = 15  # seconds for one engine call (observe, create, start, ...)
+API_TIMEOUT = 10  # seconds for one engine call (observe, create, start, ...)
 PULL_TIMEOUT = 60  # seconds without progress before a pull is given up
 LOG_TAIL_LINES = 10
 WATCH_EVENTS = ["die", "stop", "destroy", "pause", "unpause", "start", "oom", "kill"]
@@ -341,9 +341,10 @@ class ContainerBackend:
             for line in bytes(raw).decode("utf-8", errors="replace").splitlines():
                 yield scrub(line, secrets)
             return
-        streamer = self._call(f"logs {target.key}", lambda _: docker.from_env(timeout=None))
+        streamer = self._call(f"logs {target.key}", lambda _: docker.from_env(timeout=API_TIMEOUT))
         try:
             api = streamer.api
+            api.timeout = None  # a followed stream waits for output as long as it takes
             chunks = self._call(
                 f"logs {target.key}",
                 lambda _: api.logs(container.id, stream=True, follow=True,
@@ -374,28 +375,33 @@ class ContainerBackend:
     def _watch_loop(self, notify: Notify) -> None:
         delay = WATCH_BACKOFF[0]
         while not self._stop.is_set():
+            connected = False
             try:
-                self._follow_events(notify)
-                delay = WATCH_BACKOFF[0]  # the stream ended (engine stopped): reconnect soon
+                connected = self._follow_events(notify)
             except Exception as exc:
+                connected = self._stream is not None
                 log.debug("docker events: %s", _map_error(exc, "docker events"))
-                delay = min(delay * 2, WATCH_BACKOFF[1])
             finally:
                 self._stream = None
             if self._stop.is_set():
                 return
-            for key in sorted(self._known):  # the engine went away: let them see it
-                notify(key)
+            if connected:  # the engine went away: let its services see it, once
+                delay = WATCH_BACKOFF[0]
+                for key in sorted(self._known):
+                    notify(key)
+            else:
+                delay = min(delay * 2, WATCH_BACKOFF[1])
             self._stop.wait(delay)
 
-    def _follow_events(self, notify: Notify) -> None:
+    def _follow_events(self, notify: Notify) -> bool:
+        """Follow the engine's events until the stream ends; False if it never started."""
         client = docker.from_env(timeout=API_TIMEOUT)
         try:
             stream = client.api.events(decode=True, filters={
                 "type": "container", "label": [ca.LABEL_UID], "event": WATCH_EVENTS})
             self._stream = stream
             if self._stop.is_set():
-                return
+                return True
             # Whatever happened while we were not listening: tell them all once.
             for c in client.containers.list(all=True, filters={"label": [ca.LABEL_UID]}):
                 key = ca.key_of(c.labels)
@@ -408,6 +414,7 @@ class ContainerBackend:
                 if key is not None:
                     self._known.add(key)
                     notify(key)
+            return True
         finally:
             with contextlib.suppress(Exception):
                 client.close()
