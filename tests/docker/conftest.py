@@ -8,19 +8,19 @@ Without dockerd the tests are skipped locally and fail in CI (CI=true).
 from __future__ import annotations
 
 import os
-import socket
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from engine import TEST_IMAGE, Engine, EngineError, build_busybox_image
 
 from backends.base import Target
 from backends.container import ContainerBackend
 from controller.api import ContainerBackend as ContainerSpec
 from controller.api import ServiceKey
+from tests.docker.engine import TEST_IMAGE, Engine, EngineError, build_busybox_image
+from tests.helpers import free_port
 
 
 def _unavailable(reason: str) -> None:
@@ -62,12 +62,6 @@ def backend(engine: Engine) -> Iterator[ContainerBackend]:
     b = ContainerBackend()
     yield b
     b.close()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 MakeTarget = Callable[..., Target]

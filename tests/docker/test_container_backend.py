@@ -11,7 +11,6 @@ from typing import Any
 
 import psutil
 import pytest
-from engine import Engine, build_busybox_image
 
 from backends import container_args as ca
 from backends.base import Observation, Phase, Target
@@ -19,6 +18,7 @@ from backends.container import ContainerBackend
 from backends.errors import BackendUnavailable, TemporaryError
 from backends.health import probe
 from controller.api import HealthCheck, ServiceKey
+from tests.docker.engine import Engine, build_busybox_image
 
 MakeTarget = Callable[..., Target]
 HTTP = HealthCheck.model_validate({"http": {"path": "/healthz", "timeoutSeconds": 1}})

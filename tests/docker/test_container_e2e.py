@@ -10,61 +10,25 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from engine import TEST_IMAGE, Engine
 
 from backends import container_args as ca
 from backends.health import probe_http
 from controller.api import ServiceKey
+from tests.conftest import CLI
+from tests.docker.engine import TEST_IMAGE, Engine
+from tests.helpers import free_port, until
 
 pytestmark = pytest.mark.docker
 
-CONVERGE = str(Path(sys.executable).parent / "converge")
 
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_for(cond: Callable[[], Any], timeout: float = 30.0, every: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not true within {timeout}s")
-        time.sleep(every)
-
-
-class Cli:
-    def __init__(self, store: Path, engine: Engine) -> None:
-        self.env = {**os.environ, "CONVERGE_STORE": str(store), "DOCKER_HOST": engine.host}
-
-    def __call__(self, *args: str, ok: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        res = subprocess.run([CONVERGE, *args], capture_output=True, text=True, env=self.env,
-                             timeout=timeout, check=False)
-        if ok and res.returncode != 0:
-            raise AssertionError(
-                f"converge {' '.join(args)} exited {res.returncode}:\n{res.stdout}\n{res.stderr}")
-        return res
-
-
-@pytest.fixture
-def cli(engine: Engine, tmp_path: Path) -> Iterator[Cli]:
-    if not Path(CONVERGE).exists():
-        pytest.fail(f"{CONVERGE} missing: run `bash .ci/bootstrap`")
-    yield Cli(tmp_path / "store", engine)
+def wait_for(cond: Callable[[], Any], timeout: float = 30.0) -> Any:
+    return until(cond, timeout=timeout, interval=0.05)
 
 
 def manifest(path: Path, name: str, port: int, secret_file: Path) -> Path:
@@ -73,7 +37,6 @@ apiVersion: converge.dev/v1alpha1
 kind: ManagedService
 metadata:
   name: {name}
-  namespace: e2e
   labels: {{stack: e2e}}
 spec:
   backend:
@@ -96,9 +59,10 @@ spec:
     return path
 
 
-def test_cli_lifecycle_with_self_heal(cli: Cli, engine: Engine, tmp_path: Path) -> None:
+def test_cli_lifecycle_with_self_heal(engine: Engine, cli: CLI, tmp_path: Path) -> None:
+    assert cli.env["DOCKER_HOST"] == engine.host
     client = engine.client()
-    key = ServiceKey("e2e", "web")
+    key = ServiceKey("default", "web")
     port = free_port()
     secret = tmp_path / "token"
     secret.write_text("tok-s3cr3t-value\n")
@@ -111,10 +75,11 @@ def test_cli_lifecycle_with_self_heal(cli: Cli, engine: Engine, tmp_path: Path) 
         return probe_http(False, "127.0.0.1", port, "/healthz", 200, 0.5).ok
 
     run: subprocess.Popen[str] | None = None
+    out = ""
     try:
         cli("apply", "-f", str(m))
-        cli("-n", "e2e", "reconcile", "--timeout", "60s")
-        obj = cli("-n", "e2e", "get", "web", "-o", "json")
+        cli("reconcile", "--timeout", "60s")
+        obj = cli("get", "web", "-o", "json")
         status = json.loads(obj.stdout)["status"]
         assert status["state"] == "active", status
         ready = next(c for c in status["conditions"] if c["type"] == "Ready")
@@ -123,14 +88,13 @@ def test_cli_lifecycle_with_self_heal(cli: Cli, engine: Engine, tmp_path: Path) 
         assert status["backend"]["containerId"] == c.id[:12]
         assert serving()
         assert "tok-s3cr3t" not in obj.stdout
-        logs = cli("-n", "e2e", "logs", "web", "--tail", "5").stdout
+        logs = cli("logs", "web", "--tail", "5").stdout
         assert "hello from web token=***" in logs and "tok-s3cr3t" not in logs
-        described = cli("-n", "e2e", "describe", "web").stdout
+        described = cli("describe", "web").stdout
         assert "tok-s3cr3t" not in described
 
         # `converge run` heals a container killed (restarted in place) and one removed by hand
-        run = subprocess.Popen([CONVERGE, "run", "--resync", "60s"], env=cli.env, text=True,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+        run = cli.popen("run", "--resync", "60s")
         time.sleep(1.0)
         c.kill()
         killed = time.monotonic()
@@ -155,21 +119,21 @@ def test_cli_lifecycle_with_self_heal(cli: Cli, engine: Engine, tmp_path: Path) 
             except subprocess.TimeoutExpired:
                 os.killpg(run.pid, signal.SIGKILL)
                 out, _ = run.communicate()
-            assert "tok-s3cr3t" not in out
+    assert "tok-s3cr3t" not in out  # the controller's log
 
     # suspend keeps the container, stopped; up resumes the same container
-    cli("-n", "e2e", "down", "-l", "stack=e2e", "--timeout", "60s")
+    cli("down", "-l", "stack=e2e", "--timeout", "60s")
     [c3] = containers()
     assert c3.status == "exited" and c3.id == c2.id
-    state = json.loads(cli("-n", "e2e", "get", "web", "-o", "json").stdout)["status"]["state"]
+    state = json.loads(cli("get", "web", "-o", "json").stdout)["status"]["state"]
     assert state == "scaled_to_zero"
-    cli("-n", "e2e", "up", "-l", "stack=e2e", "--timeout", "60s")
+    cli("up", "-l", "stack=e2e", "--timeout", "60s")
     [c4] = containers()
     assert c4.id == c2.id and c4.status == "running"
     wait_for(serving, timeout=10)
 
     # delete deprovisions: the container is gone, then the object
-    cli("-n", "e2e", "delete", "web", "--timeout", "60s")
+    cli("delete", "web", "--timeout", "60s")
     assert containers() == []
-    assert cli("-n", "e2e", "get", "web", ok=False).returncode != 0
+    assert cli("get", "web", check=False).returncode != 0
     client.close()
