@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 API_TIMEOUT = 10  # seconds for one engine call (observe, create, start, ...)
 PULL_TIMEOUT = 60  # seconds without progress before a pull is given up
 LOG_TAIL_LINES = 10
-WATCH_EVENTS = ["die", "stop", "destroy", "pause", "unpause", "start", "oom", "kill"]
+WATCH_EVENTS = ["die", "stop", "destroy", "pause", "unpause", "start", "oom"]
 WATCH_BACKOFF = (0.5, 5.0)
 SUSPEND_MARKER = "container.suspended"
 
