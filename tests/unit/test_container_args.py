@@ -136,3 +136,44 @@ def test_identity_filter_and_key_of() -> None:
 ])
 def test_split_image(image: str, want: tuple[str, str]) -> None:
     assert ca.split_image(image) == want
+
+
+# --------------------------------------------------------------------------- error mapping
+
+
+def _api_error(status: int, explanation: str) -> Exception:
+    import docker.errors
+    import requests
+
+    resp = requests.Response()
+    resp.status_code = status
+    cls = docker.errors.ImageNotFound if "No such image" in explanation else docker.errors.APIError
+    return cls("engine said no", response=resp, explanation=explanation)
+
+
+@pytest.mark.parametrize(("make", "kind", "reason"), [
+    (lambda: _api_error(400, "invalid mount config"), "PermanentError", "InvalidSpec"),
+    (lambda: _api_error(404, "No such image: x:1"), "TemporaryError", "ImagePullFailed"),
+    (lambda: _api_error(409, "name in use"), "TemporaryError", "Conflict"),
+    (lambda: _api_error(500, "driver failed programming external connectivity"), "TemporaryError",
+     "ContainerError"),
+    (lambda: __import__("requests").exceptions.ConnectionError("refused"), "BackendUnavailable",
+     "BackendUnavailable"),
+    (lambda: __import__("requests").exceptions.ReadTimeout("slow"), "BackendUnavailable", "BackendUnavailable"),
+    (lambda: __import__("docker").errors.DockerException(
+        "Error while fetching server API version: ('Connection aborted.', FileNotFoundError(2))"),
+     "BackendUnavailable", "BackendUnavailable"),
+])
+def test_map_error(make: Any, kind: str, reason: str) -> None:
+    from backends.container import _map_error
+
+    err = _map_error(make(), "provision default/web")
+    assert type(err).__name__ == kind and err.reason == reason
+    assert err.message.startswith("provision default/web: ")
+
+
+def test_map_error_scrubs_secrets() -> None:
+    from backends.container import _map_error
+
+    err = _map_error(_api_error(500, "bad env TOKEN=hunter22"), "provision x", ["hunter22"])
+    assert "hunter22" not in err.message and "***" in err.message
