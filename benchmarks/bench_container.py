@@ -140,6 +140,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     missing = engine_mod.missing_tools()
     if missing:
         raise BenchError("missing " + ", ".join(missing) + ": run `bash .ci/bootstrap`")
+    load_before = round(os.getloadavg()[0], 2)  # other work on the machine skews the figures
     scratch = Path(tempfile.mkdtemp(prefix="cvg-bench-container-"))
     store = scratch / "store"
     engine = engine_mod.Engine()
@@ -192,6 +193,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             raise BenchError(f"`converge run` exited with {run.returncode} during the benchmark")
         client.close()
         return {
+            "loadavg_1m_before_after": [load_before, round(os.getloadavg()[0], 2)],
             "kills": args.kills,
             "settle_seconds": args.settle,
             "converge_recreated_containers": recreated,
