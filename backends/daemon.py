@@ -104,10 +104,11 @@ class DaemonBackend:
         self._reap(pid)
         try:
             proc = psutil.Process(pid)
-            if abs(proc.create_time() - float(rec.get("createTime", -1))) > 0.05:
-                return None  # pid reused by another process
-            if proc.status() == psutil.STATUS_ZOMBIE:
-                return None
+            with proc.oneshot():
+                if abs(proc.create_time() - float(rec.get("createTime", -1))) > 0.05:
+                    return None  # pid reused by another process
+                if proc.status() == psutil.STATUS_ZOMBIE:
+                    return None
             if proc.cmdline() != rec.get("argv") and not self._marked(proc, rec):
                 return None  # same start time, other program: never ours
             return proc

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 
@@ -57,7 +57,10 @@ class Plan:
     settled: bool = False  # desired state reached (or terminally stuck): `reconcile` may stop
     reason: str = ""
     message: str = ""
-    extra: dict[str, object] = field(default_factory=dict)
+    # Healthy and probed: the next look due for this service is only a health probe, in
+    # this many seconds; a runtime with a prober probes it alone and reconciles only when
+    # the probe fails (kubelet's split), others just reconcile then.
+    probe_after: float | None = None
 
 
 def spec_hash(svc: ManagedService) -> str:
@@ -80,6 +83,17 @@ def endpoint_uri(svc: ManagedService, port: int | None) -> str | None:
 # --------------------------------------------------------------------------- helpers
 
 
+def copy_status(st: ManagedServiceStatus) -> ManagedServiceStatus:
+    """A copy that is safe to change here: the core replaces conditions and backend
+    details wholesale and changes only the endpoint in place, so copy just those
+    (a deep copy of every pass costs more than the rest of a steady-state pass)."""
+    out = st.model_copy()
+    out.conditions = list(st.conditions)
+    out.backend = dict(st.backend)
+    out.endpoint = st.endpoint.model_copy() if st.endpoint is not None else None
+    return out
+
+
 def _set_state(st: ManagedServiceStatus, state: State) -> None:
     if st.state != state:
         st.lastState = st.state
@@ -100,12 +114,12 @@ def _progress(st: ManagedServiceStatus, kind: str | None, reason: str, message: 
 def _finish(
     st: ManagedServiceStatus, now: datetime, gen: int | None, *, state: State, ready: bool, reason: str,
     message: str = "", progress: str | None = None, action: Action | None = None,
-    requeue: float | None = None, settled: bool = False,
+    requeue: float | None = None, settled: bool = False, probe_after: float | None = None,
 ) -> Plan:
     _set_state(st, state)
     _ready(st, ready, reason, message, now, gen)
     _progress(st, progress, reason, message, now, gen)
-    return Plan(action, st, requeue, settled, reason, message)
+    return Plan(action, st, requeue, settled, reason, message, probe_after)
 
 
 def _clear_run(st: ManagedServiceStatus) -> None:
@@ -119,7 +133,7 @@ def _clear_run(st: ManagedServiceStatus) -> None:
 
 def plan(svc: ManagedService, observed: Observed, now: datetime) -> Plan:
     """The next step for one service. Never raises for anything the world can do."""
-    st = svc.status.model_copy(deep=True)
+    st = copy_status(svc.status)
     gen = svc.metadata.generation
     st.observedGeneration = gen
     spec = svc.spec
@@ -256,17 +270,17 @@ def _running(svc: ManagedService, st: ManagedServiceStatus, observed: Observed, 
         st.lastError = ""
         if st.activeSince is None:
             st.activeSince = now
-        requeue = check.periodSeconds if check is not None else None
+        requeue = None
         if st.consecutiveFailures > 0:
             healthy_for = (now - st.activeSince).total_seconds()
             if healthy_for >= policy.resetAfterSeconds:
                 st.consecutiveFailures = 0
             else:
-                left = policy.resetAfterSeconds - healthy_for
-                requeue = left if requeue is None else min(requeue, left)
+                requeue = policy.resetAfterSeconds - healthy_for
         msg = "" if check is None else "health check passed"
         return _finish(st, now, gen, state=State.active, ready=True, reason="Healthy" if check else "Running",
-                       message=msg, requeue=requeue, settled=True)
+                       message=msg, requeue=requeue, settled=True,
+                       probe_after=check.periodSeconds if check is not None else None)
 
     # Unhealthy.
     if st.activeSince is None:
@@ -282,7 +296,7 @@ def _running(svc: ManagedService, st: ManagedServiceStatus, observed: Observed, 
     if st.healthFailures < check.failureThreshold:
         return _finish(st, now, gen, state=State.active, ready=True, reason="Healthy",
                        message=f"health check failed {st.healthFailures}x: {health.message}",
-                       requeue=check.periodSeconds, settled=True)
+                       settled=True, probe_after=check.periodSeconds)
     st.lastError = f"health check failed {st.healthFailures} times: {health.message}"
     return _finish(st, now, gen, state=State.error, ready=False, reason="HealthCheckFailed",
                    message=st.lastError, progress=RECONCILING, requeue=check.periodSeconds)
@@ -294,7 +308,7 @@ def _running(svc: ManagedService, st: ManagedServiceStatus, observed: Observed, 
 def provisioned(svc: ManagedService, st: ManagedServiceStatus, details: dict[str, object],
                 port: int | None, desired_hash: str) -> ManagedServiceStatus:
     """Status after a successful provision call."""
-    out = st.model_copy(deep=True)
+    out = copy_status(st)
     out.backend = dict(details)
     out.specHash = desired_hash
     if svc.spec.endpoint is not None:
@@ -306,7 +320,7 @@ def provisioned(svc: ManagedService, st: ManagedServiceStatus, details: dict[str
 def failed(svc: ManagedService, st: ManagedServiceStatus, action: Action, err: BackendError,
            now: datetime) -> Plan:
     """Status after an action raised: one place decides retry and backoff."""
-    out = st.model_copy(deep=True)
+    out = copy_status(st)
     gen = svc.metadata.generation
     out.lastError = f"{action.value} failed: {err.message}"[:LOG_TAIL_CHARS]
     if isinstance(err, PermanentError):

@@ -10,7 +10,8 @@ Layout under the root (default ./.converge, mode 0700; files 0600):
 A write goes to a temp file in the same folder, is fsynced and renamed over the old one,
 and the folder is fsynced: a crash leaves either the old or the new object, never a torn
 one. Parsed objects are cached by (inode, mtime, size), so a steady-state pass reads no
-YAML at all.
+YAML at all; like an informer's cache, objects returned by get/list are shared: copy
+(`model_copy(deep=True)`) before changing one.
 """
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ class FileStore:
         self.writes = 0  # files written by this instance: steady state must add none
         self._cache: dict[Path, tuple[_Sig, ManagedService]] = {}
         self._mu = threading.Lock()
+        self._made: set[Path] = set()
         self._ensure_dir(self.root)
 
     # ------------------------------------------------------------------ paths
@@ -84,7 +86,9 @@ class FileStore:
 
     def runtime_dir(self, key: ServiceKey) -> Path:
         d = self.root / RUNTIME / key.namespace / key.name
-        self._ensure_dir(d)
+        if d not in self._made:
+            self._ensure_dir(d)
+            self._made.add(d)
         return d
 
     def namespaces(self) -> list[str]:
@@ -105,7 +109,7 @@ class FileStore:
         with self._mu:
             hit = self._cache.get(path)
         if hit is not None and hit[0] == sig:
-            return hit[1].model_copy(deep=True)
+            return hit[1]
         try:
             data: Any = yaml.load(path.read_bytes(), Loader=_Loader)
         except FileNotFoundError:
@@ -123,7 +127,7 @@ class FileStore:
             raise CorruptObject(str(path), f"holds {obj.key}, expected {expect}", key)
         with self._mu:
             self._cache[path] = (sig, obj)
-        return obj.model_copy(deep=True)
+        return obj
 
     def get(self, key: ServiceKey) -> ManagedService:
         return self._read(self.path(key), key)
@@ -262,7 +266,9 @@ class FileStore:
     @contextlib.contextmanager
     def lock(self, key: ServiceKey) -> Iterator[None]:
         d = self.root / LOCKS / key.namespace
-        self._ensure_dir(d)
+        if d not in self._made:
+            self._ensure_dir(d)
+            self._made.add(d)
         fd = os.open(d / f"{key.name}.lock", os.O_CREAT | os.O_RDWR, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
@@ -270,28 +276,55 @@ class FileStore:
         finally:
             os.close(fd)
 
+    def _scan(self, ns: str) -> dict[ServiceKey, _Sig]:
+        out: dict[ServiceKey, _Sig] = {}
+        try:
+            for e in os.scandir(self.root / ns):
+                if e.name.endswith(".yaml") and not e.name.startswith("."):
+                    with contextlib.suppress(FileNotFoundError):
+                        out[ServiceKey(ns, e.name[:-5])] = _sig(e.stat())
+        except FileNotFoundError:
+            pass
+        return out
+
     def snapshot(self) -> dict[ServiceKey, _Sig]:
         """(inode, mtime, size) of every object file: cheap, no parsing."""
         out: dict[ServiceKey, _Sig] = {}
         for ns in self.namespaces():
-            try:
-                for e in os.scandir(self.root / ns):
-                    if e.name.endswith(".yaml") and not e.name.startswith("."):
-                        with contextlib.suppress(FileNotFoundError):
-                            out[ServiceKey(ns, e.name[:-5])] = _sig(e.stat())
-            except FileNotFoundError:
-                continue
+            out.update(self._scan(ns))
         return out
 
     def watch(self, stop: object, interval: float = 0.25) -> Iterator[ServiceKey]:
-        """Keys whose files changed, by comparing snapshots every `interval` seconds."""
+        """Keys whose files changed. Every write renames a file into its namespace folder,
+        which changes the folder's mtime: each tick stats the folders and rescans only
+        those that changed, so an idle store costs a few stat calls per tick."""
         is_set = getattr(stop, "is_set", lambda: False)
         wait = getattr(stop, "wait", time.sleep)
-        prev = self.snapshot()
+
+        def dir_sig(path: Path) -> _Sig | None:
+            try:
+                return _sig(path.stat())
+            except FileNotFoundError:
+                return None
+
+        root_sig = dir_sig(self.root)
+        dirs = {ns: dir_sig(self.root / ns) for ns in self.namespaces()}
+        files = {ns: self._scan(ns) for ns in dirs}
         while not is_set():
             wait(interval)
-            cur = self.snapshot()
-            for key in cur.keys() | prev.keys():
-                if cur.get(key) != prev.get(key):
-                    yield key
-            prev = cur
+            now_root = dir_sig(self.root)
+            if now_root != root_sig:
+                root_sig = now_root
+                for ns in self.namespaces():
+                    dirs.setdefault(ns, None)
+            for ns, before in list(dirs.items()):
+                now = dir_sig(self.root / ns)
+                if now == before:
+                    continue
+                dirs[ns] = now
+                cur = self._scan(ns) if now is not None else {}
+                prev = files.get(ns, {})
+                files[ns] = cur
+                for key in cur.keys() | prev.keys():
+                    if cur.get(key) != prev.get(key):
+                        yield key

@@ -17,7 +17,7 @@ from backends.base import Backend, Observation, Phase, Target
 from backends.errors import BackendError
 from backends.health import ProbeResult, probe
 from controller import core, ports
-from controller.api import AdminState, ManagedService, ServiceKey, State
+from controller.api import AdminState, HealthCheck, ManagedService, ServiceKey, State
 from controller.conditions import is_ready
 from controller.registry import Backends
 from controller.store import Conflict, CorruptObject, NotFound, Store
@@ -38,6 +38,19 @@ class Outcome:
     state: str = ""
     message: str = ""
     error: str = ""  # the object could not be read (corrupt) or written
+    probe: Probe | None = None  # healthy: the next look is only this probe (core.Plan.probe_after)
+
+
+@dataclass(frozen=True)
+class Probe:
+    check: HealthCheck
+    protocol: str
+    host: str
+    port: int
+    period: float
+
+    def run(self) -> ProbeResult:
+        return probe(self.check, self.protocol, self.host, self.port)
 
 
 class Reconciler:
@@ -97,7 +110,7 @@ class Reconciler:
                 backend.deprovision(target)
             else:
                 backend.suspend(target)
-            p = core.Plan(action, status, p.requeue_after, p.settled, p.reason, p.message)
+            p = core.Plan(action, status, p.requeue_after, p.settled, p.reason, p.message, p.probe_after)
         except BackendError as exc:
             p = core.failed(svc, p.status, action, exc, self.clock())
         return self._write(svc, p)
@@ -176,14 +189,21 @@ class Reconciler:
                 out.append(other.metadata.name)
         return out
 
+    @staticmethod
+    def _next_probe(svc: ManagedService, p: core.Plan) -> Probe | None:
+        ep = svc.spec.endpoint
+        port = p.status.endpoint.port if p.status.endpoint is not None else None
+        if p.probe_after is None or ep is None or ep.healthCheck is None or port is None:
+            return None
+        return Probe(ep.healthCheck, ep.protocol, ep.host, port, p.probe_after)
+
     def _write(self, svc: ManagedService, p: core.Plan) -> Outcome:
         """The pass's one status write, skipped when nothing changed."""
         out = Outcome(svc.key, p.requeue_after, p.settled, state=p.status.state.value,
-                      message=p.message or p.status.lastError)
+                      message=p.message or p.status.lastError, probe=self._next_probe(svc, p))
         if p.status == svc.status:
             return out
-        new = svc.model_copy(deep=True)
-        new.status = p.status
+        new = svc.model_copy(update={"status": p.status})  # the store copies what it keeps
         try:
             self.store.update_status(new)
         except Conflict:

@@ -5,7 +5,8 @@ Two ways to drive it:
   `delete`): every key is reconciled and requeued as the core asks until all are settled.
 - `run(stop)`: the continuous controller (`converge run`): keys come from the store's
   watch, from backends' change notifications (process exits, Docker events), from the
-  core's requeue times and from a periodic resync that catches any other drift.
+  core's requeue times, from failed health probes (controller.prober probes healthy
+  services on its own) and from a periodic resync that catches any other drift.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import time
 from collections.abc import Iterable
 
 from controller.api import ServiceKey
+from controller.prober import Prober
 from controller.reconciler import Outcome, Reconciler
 from controller.workqueue import WorkQueue
 
@@ -117,9 +119,15 @@ class Runtime:
             while not stop.wait(self.resync):
                 relist()
 
+        prober = Prober(queue.add)
+
         def work() -> None:
             while (key := queue.get()) is not None:
                 o = self._reconcile(key)
+                if o.probe is not None:
+                    prober.track(key, o.probe)
+                else:
+                    prober.untrack(key)
                 if not o.gone:
                     delay = self.resync if o.requeue_after is None else min(o.requeue_after, self.resync)
                     queue.add_after(key, delay * (1 + 0.1 * random.random()) if delay >= 1 else delay)
@@ -134,6 +142,7 @@ class Runtime:
         log.info("controller running with %d workers; Ctrl-C to stop", self.workers)
         stop.wait()
         queue.close()
+        prober.close()
         for t in threads[2:]:
             t.join(timeout=30)
         self.reconciler.backends.close()

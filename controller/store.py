@@ -54,6 +54,9 @@ class ListResult:
 
 
 class Store(Protocol):
+    """Objects returned by get and list may be shared with a cache: never change them in
+    place, change a `model_copy(deep=True)` and write that."""
+
     def get(self, key: ServiceKey) -> ManagedService: ...
 
     def list(self, namespace: str | None = None, selector: Selector | None = None) -> ListResult: ...

@@ -30,7 +30,7 @@ def test_create_get_update_conflict_delete(tmp_path: Path) -> None:
     assert (a.metadata.resourceVersion, a.metadata.generation) == ("1", 1) and a.metadata.uid
     with pytest.raises(AlreadyExists):
         s.create(make("a"))
-    stale = s.get(a.key)
+    stale = s.get(a.key).model_copy(deep=True)  # objects from the store are shared: copy to change
     a.spec.backend.daemon.command = ["false"]  # type: ignore[union-attr]
     b = s.update(a)
     assert (b.metadata.resourceVersion, b.metadata.generation) == ("2", 2)
@@ -42,7 +42,7 @@ def test_create_get_update_conflict_delete(tmp_path: Path) -> None:
     assert c.metadata.generation == 2 and c.status.restarts == 4
     with pytest.raises(Conflict):
         s.update_status(b)  # b's resourceVersion is now stale
-    assert s.update(s.get(a.key)).metadata.resourceVersion == "3"  # no change, no write
+    assert s.update(s.get(a.key).model_copy(deep=True)).metadata.resourceVersion == "3"  # no change, no write
     assert [o.metadata.name for o in s.list(selector=parse_selector("stack=x")).items] == ["a"]
     with pytest.raises(Conflict):
         s.delete(a.key, "1")
@@ -77,7 +77,7 @@ def _writer(root: str, name: str, n: int) -> None:
     key = ServiceKey("default", "counter")
     for _ in range(n):
         while True:
-            cur = s.get(key)
+            cur = s.get(key).model_copy(deep=True)
             cur.status.restarts += 1
             try:
                 s.update_status(cur)

@@ -1,0 +1,89 @@
+"""The prober: health probes of healthy services, apart from reconciling (kubelet's split).
+
+A healthy service's next look is only a probe (core.Plan.probe_after). Probing it alone
+costs a fraction of a full reconcile, so the runtime hands such keys here: each is
+probed every period, and only a failed probe sends the key back to the work queue, where
+the reconcile counts the failure and decides. Process exits and store changes still go
+straight to the queue; a periodic resync still re-observes everything.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from controller.api import ServiceKey
+from controller.reconciler import Probe
+
+log = logging.getLogger("converge")
+
+
+class Prober:
+    def __init__(self, on_failure: Callable[[ServiceKey], None]) -> None:
+        self._on_failure = on_failure
+        self._cv = threading.Condition()
+        self._tracked: dict[ServiceKey, tuple[Probe, float]] = {}  # key -> (probe, due)
+        self._heap: list[tuple[float, int, ServiceKey]] = []
+        self._seq = 0
+        self._closed = False
+        self._thread = threading.Thread(target=self._loop, name="prober", daemon=True)
+        self._thread.start()
+
+    def track(self, key: ServiceKey, probe: Probe) -> None:
+        due = time.monotonic() + probe.period
+        with self._cv:
+            self._tracked[key] = (probe, due)
+            self._seq += 1
+            heapq.heappush(self._heap, (due, self._seq, key))
+            self._cv.notify()
+
+    def untrack(self, key: ServiceKey) -> None:
+        with self._cv:
+            self._tracked.pop(key, None)
+
+    def close(self) -> None:
+        with self._cv:
+            self._closed = True
+            self._cv.notify()
+        self._thread.join(timeout=5)
+
+    def _next(self) -> tuple[ServiceKey, Probe] | None:
+        with self._cv:
+            while not self._closed:
+                now = time.monotonic()
+                while self._heap:
+                    due, _, key = self._heap[0]
+                    entry = self._tracked.get(key)
+                    if entry is None or entry[1] != due:
+                        heapq.heappop(self._heap)  # untracked or rescheduled since
+                        continue
+                    if due <= now:
+                        heapq.heappop(self._heap)
+                        return key, entry[0]
+                    break
+                self._cv.wait(self._heap[0][0] - now if self._heap else None)
+            return None
+
+    def _loop(self) -> None:
+        while (item := self._next()) is not None:
+            key, probe = item
+            try:
+                ok = probe.run().ok
+            except Exception:  # a probe must never kill the prober
+                log.exception("%s: probe failed unexpectedly", key)
+                ok = False
+            with self._cv:
+                current = self._tracked.get(key)
+                if current is None or current[0] is not probe:
+                    continue  # re-tracked or dropped while probing
+                if ok:
+                    due = time.monotonic() + probe.period
+                    self._tracked[key] = (probe, due)
+                    self._seq += 1
+                    heapq.heappush(self._heap, (due, self._seq, key))
+                    continue
+                del self._tracked[key]
+            self._on_failure(key)
