@@ -155,15 +155,16 @@ class ContainerBackend:
 
     def _provision(self, client: Any, target: Target, spec: api.ContainerBackend,
                    env: dict[str, str]) -> Mapping[str, Any]:
-        keep: Any = None
-        for c in self._containers(client, target.key):
-            if keep is None and ca.is_current(c.labels, target) and c.status not in ("dead", "removing"):
-                keep = c
-            else:
+        found = self._containers(client, target.key)
+        keep = next((c for c in found if ca.is_current(c.labels, target)
+                     and c.status not in ("dead", "removing")), None)
+        if keep is None:
+            self._ensure_image(client, spec)  # before the old container goes: it stays if this fails
+        for c in found:
+            if c is not keep:
                 self._remove(c, spec.stopGracePeriodSeconds)  # another spec, uid or a duplicate
         if keep is None:
             self._remove_by_name(client, target.key)
-            self._ensure_image(client, spec)
             keep = client.containers.create(**ca.create_args(replace(target, config=spec), env, Path.cwd()))
             try:
                 keep.start()

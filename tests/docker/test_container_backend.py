@@ -150,6 +150,19 @@ def test_spec_change_recreates_with_the_same_name(backend: ContainerBackend, mak
     assert len(ours(docker_client, t3)) == 1
 
 
+def test_spec_change_to_a_missing_image_keeps_the_old_container(
+        backend: ContainerBackend, make_target: MakeTarget, docker_client: Any) -> None:
+    t1 = make_target()
+    first = backend.provision(t1)["containerId"]
+    t2 = make_target(t1.key.name, port=t1.port, uid=t1.uid, spec_hash="h2", image="converge-test/nope:2")
+    with pytest.raises(TemporaryError) as err:
+        backend.provision(t2)
+    assert err.value.reason == "ImagePullFailed"
+    [c] = ours(docker_client, t1)
+    assert c.id.startswith(first) and c.status == "running"
+    wait_for(lambda: healthy(t1))
+
+
 @pytest.mark.parametrize("policy", ["IfNotPresent", "Always", "Never"])
 def test_missing_image_fails_fast(backend: ContainerBackend, make_target: MakeTarget, docker_client: Any,
                                   policy: str) -> None:
