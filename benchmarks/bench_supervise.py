@@ -36,6 +36,7 @@ from typing import Any
 
 from common import (
     BenchError,
+    ConvergeStatus,
     Reaper,
     converge_bin,
     daemon_command,
@@ -53,7 +54,6 @@ from common import (
     summarize,
     tagged,
     wait_healthy,
-    wait_new_pid,
     write_results,
 )
 
@@ -87,32 +87,65 @@ class Ctx:
 
 def kill_loop(ctx: Ctx, ports: list[int], check: Callable[[], None] | None = None,
               restart: Callable[[int], None] | None = None,
-              diagnose: Callable[[int], str] | None = None) -> dict[str, Any]:
+              diagnose: Callable[[int], str] | None = None,
+              ready: Callable[[int, int], bool] | None = None) -> dict[str, Any]:
     """Kill -9 a random daemon, time until its port answers from a new pid; repeat.
-    `restart(index)` is called right after the kill when the harness itself restarts."""
-    kills, settle = ctx.args.kills, ctx.args.settle
+    `restart(index)` is called right after the kill when the harness itself restarts.
+    `ready(index, old_pid)`, if given, says whether the tool's own status shows the
+    service Ready again (from a new pid): also timed, after the HTTP answer.
+    A restart slower than --slow is kept as a sample and also listed, with `diagnose`'s
+    snapshot taken the moment it became slow; past --kill-timeout the benchmark fails."""
+    kills, settle, slow_after = ctx.args.kills, ctx.args.settle, ctx.args.slow
     samples: list[float] = []
+    ready_samples: list[float] = []
+    slow: list[dict[str, Any]] = []
     last = -1
-    for _ in range(kills):
+    for k in range(1, kills + 1):
         choices = [i for i in range(len(ports)) if i != last] or [0]
         i = ctx.rng.choice(choices)
         last = i
         old = served_pid(ports[i])
         if old is None:
-            raise BenchError(f"daemon on port {ports[i]} not answering before the kill")
+            raise BenchError(f"kill {k}: daemon on port {ports[i]} not answering before the kill")
         t0 = time.monotonic()
         kill9(old)
         if restart is not None:
             restart(i)
-        try:
-            samples.append(wait_new_pid(ports[i], old, timeout=ctx.args.kill_timeout, t0=t0))
-        except BenchError as exc:
-            detail = diagnose(i) if diagnose is not None else ""
-            raise BenchError(f"kill {len(samples) + 1}: {exc}\n{detail}".rstrip()) from exc
+        snapshot = ""
+        while True:
+            pid = served_pid(ports[i], timeout=0.5)
+            elapsed = time.monotonic() - t0
+            if pid is not None and pid != old:
+                break
+            if elapsed > slow_after and not snapshot:
+                snapshot = diagnose(i) if diagnose is not None else "(slow)"
+            if elapsed > ctx.args.kill_timeout:
+                raise BenchError(f"kill {k}: daemon on port {ports[i]} (killed pid {old}) not healthy again "
+                                 f"after {ctx.args.kill_timeout:.0f}s\n{snapshot}".rstrip())
+            time.sleep(0.005)
+        samples.append(elapsed)
+        if snapshot:
+            slow.append({"kill": k, "service": f"svc-{i:04d}", "killed_pid": old, "seconds": elapsed,
+                         "snapshot_at_slow_threshold": snapshot})
+            print(f"  WARNING: kill {k} of svc-{i:04d}: healthy again only after {elapsed:.1f}s",
+                  file=sys.stderr, flush=True)
+        if ready is not None:
+            deadline = t0 + ctx.args.kill_timeout
+            while not ready(i, old):
+                if time.monotonic() > deadline:
+                    raise BenchError(f"kill {k}: svc-{i:04d} answers again but its status is not "
+                                     f"Ready with a new pid after {ctx.args.kill_timeout:.0f}s")
+                time.sleep(0.005)
+            ready_samples.append(time.monotonic() - t0)
         if check is not None:
             check()
         time.sleep(settle)
-    return {"kill_to_healthy_s": summarize(samples), "samples_s": samples}
+    res: dict[str, Any] = {"kill_to_healthy_s": summarize(samples), "samples_s": samples,
+                           "slow_restarts": slow}
+    if ready_samples:
+        res["kill_to_ready_in_status_s"] = summarize(ready_samples)
+        res["ready_samples_s"] = ready_samples
+    return res
 
 
 # --------------------------------------------------------------------------- plain subprocess
@@ -325,7 +358,12 @@ def bench_converge_run(ctx: Ctx, n: int) -> dict[str, Any]:
                                  text=True, timeout=60, check=False)
             return f"`converge describe svc-{i:04d}`:\n{out.stdout[-2500:]}{out.stderr[-500:]}"
 
-        res.update(kill_loop(ctx, ports, check=alive, diagnose=diagnose))
+        status = ConvergeStatus(work / "store")
+
+        def ready(i: int, old_pid: int) -> bool:
+            return status.ready_again(f"svc-{i:04d}", old_pid)
+
+        res.update(kill_loop(ctx, ports, check=alive, diagnose=diagnose, ready=ready))
         if n == ctx.args.idle_n:
             time.sleep(ctx.args.idle_warmup)
             res["idle"] = sample_idle(proc.pid, ctx.args.idle_seconds)
@@ -357,7 +395,10 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--idle-n", type=int, default=None, help="N at which idle is sampled (default: max N)")
     ap.add_argument("--only", default=",".join(TOOLS), help=f"subset of {','.join(TOOLS)}")
     ap.add_argument("--start-timeout", type=float, default=300.0)
-    ap.add_argument("--kill-timeout", type=float, default=30.0)
+    ap.add_argument("--kill-timeout", type=float, default=90.0,
+                    help="a kill not healthy again after this fails the benchmark")
+    ap.add_argument("--slow", type=float, default=5.0,
+                    help="a restart slower than this is listed (with a status snapshot) in the results")
     ap.add_argument("--backoff", type=float, default=1.0, help="converge restartPolicy.backoffSeconds")
     ap.add_argument("--reset-after", type=float, default=1.0,
                     help="converge restartPolicy.resetAfterSeconds (1: each kill is a first restart, "
@@ -429,16 +470,25 @@ def report(results: dict[str, Any]) -> None:
     for n, runs in results["runs"].items():
         for tool, r in runs.items():
             k = r.get("kill_to_healthy_s")
+            rd = r.get("kill_to_ready_in_status_s")
             rows.append([n, LABELS[tool], r["start_to_all_healthy_s"],
-                         k["median"] if k else None, k["p95"] if k else None, k["n"] if k else None])
-    print("\nStart to all healthy, kill -9 to healthy again (seconds)")
-    print_table(["N", "tool", "start->all healthy", "kill->healthy median", "p95", "kills"], rows)
+                         k["median"] if k else None, k["p95"] if k else None, k["n"] if k else None,
+                         rd["median"] if rd else None, rd["p95"] if rd else None,
+                         len(r["slow_restarts"]) if k else None])
+    print("\nStart to all healthy, kill -9 to healthy again (HTTP GET) and to Ready in status (seconds)")
+    print_table(["N", "tool", "start->all healthy", "kill->healthy median", "p95", "kills",
+                 "kill->Ready median", "p95", f"slow (>{results['params']['slow']:g}s)"], rows)
     idle = [(n, LABELS[t], r["idle"]) for n, runs in results["runs"].items() for t, r in runs.items()
             if "idle" in r]
     if idle:
         print(f"\nController at idle over {results['params']['idle_seconds']:.0f}s")
         print_table(["N", "tool", "CPU % of a core", "RSS MB", "threads"],
                     [[n, t, i["cpu_percent"], i["rss_mb"], i["threads"]] for n, t, i in idle])
+    slow = [(n, LABELS[t], x) for n, runs in results["runs"].items() for t, r in runs.items()
+            for x in r.get("slow_restarts", [])]
+    for n, t, x in slow:
+        print(f"\nWARNING: N={n} {t}: kill {x['kill']} of {x['service']} (pid {x['killed_pid']}) healthy again "
+              f"only after {x['seconds']:.1f}s; snapshot in the JSON")
 
 
 if __name__ == "__main__":

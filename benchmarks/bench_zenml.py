@@ -35,6 +35,7 @@ from typing import Any
 from common import (
     BENCH_DIR,
     BenchError,
+    ConvergeStatus,
     FirstHealthy,
     Reaper,
     converge_bin,
@@ -162,12 +163,14 @@ def run_converge(args: argparse.Namespace, tag: str, scratch: Path, reaper: Reap
         starts["reconcile"].append(res)
         converge_delete(env, res["port"])
     kills: list[float] = []
+    ready: list[float] = []
     for i in range(args.repeats):
         res, proc, env = converge_start(args, tag, scratch, i, "run", reaper)
         starts["run"].append(res)
         assert proc is not None
         if i == args.repeats - 1:
             port = res["port"]
+            status = ConvergeStatus(Path(env["CONVERGE_STORE"]))
             for _ in range(args.kills):
                 time.sleep(args.settle)
                 old = served_pid(port)
@@ -176,6 +179,13 @@ def run_converge(args: argparse.Namespace, tag: str, scratch: Path, reaper: Reap
                 t0 = time.monotonic()
                 kill9(old)
                 kills.append(wait_new_pid(port, old, timeout=30, t0=t0))
+                deadline = t0 + 30
+                while not status.ready_again(NAME, old):
+                    if time.monotonic() > deadline:
+                        raise BenchError("converge run: answers again after kill -9 but status not Ready "
+                                         "with a new pid after 30s")
+                    time.sleep(0.005)
+                ready.append(time.monotonic() - t0)
                 if proc.poll() is not None:
                     raise BenchError(f"`converge run` exited {proc.returncode} during the kills")
         converge_delete(env, res["port"])
@@ -187,6 +197,8 @@ def run_converge(args: argparse.Namespace, tag: str, scratch: Path, reaper: Reap
         "start_http_healthy_run_s": summarize([s["http_healthy_s"] for s in starts["run"]]),
         "kill_to_healthy_s": summarize(kills),
         "kill_samples_s": kills,
+        "kill_to_ready_in_status_s": summarize(ready),
+        "ready_samples_s": ready,
     }
 
 
@@ -261,6 +273,9 @@ def report(results: dict[str, Any]) -> None:
          zmed("start_returned_s")],
         [f"kill -9 -> healthy again (median / p95 of {kc['n']})", f"{kc['median']:.3f} / {kc['p95']:.3f}",
          zkill],
+        ["kill -9 -> Ready in status again (median / p95)",
+         f"{c['kill_to_ready_in_status_s']['median']:.3f} / {c['kill_to_ready_in_status_s']['p95']:.3f}",
+         "-"],
     ])
 
 

@@ -86,6 +86,7 @@ def machine_info() -> dict[str, Any]:
         "os": platform.platform(),
         "python": platform.python_version(),
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "loadavg_1_5_15": [round(x, 2) for x in os.getloadavg()],  # other load on the machine
     }
 
 
@@ -417,3 +418,26 @@ class FirstHealthy:
         if self.at is None:
             raise BenchError(f"port {self.port} not healthy within {timeout:.0f}s")
         return self.at
+
+
+class ConvergeStatus:
+    """Reads a converge FileStore directly (cheap: parse cache keyed by file stat), to
+    time when a service's own status shows it Ready again after a kill."""
+
+    def __init__(self, root: Path, namespace: str = "default") -> None:
+        from controller.filestore import FileStore
+
+        self.store = FileStore(root)
+        self.namespace = namespace
+
+    def ready_again(self, name: str, old_pid: int) -> bool:
+        """Ready=True with a pid other than old_pid in status.backend."""
+        from controller.api import ServiceKey
+        from controller.store import StoreError
+
+        try:
+            st = self.store.get(ServiceKey(self.namespace, name)).status
+        except StoreError:
+            return False
+        cond = st.condition("Ready")
+        return st.backend.get("pid") not in (None, old_pid) and cond is not None and cond.status == "True"
