@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import re
 import selectors
@@ -36,9 +37,11 @@ from controller.api import DaemonBackend as DaemonSpec
 from controller.api import ServiceKey
 
 PID_FILE = "daemon.json"
+START_INTENT = "daemon.starting"  # exists only while a start is under way
 LOG_FILE = "daemon.log"
 LOG_ROTATE_BYTES = 8 * 1024 * 1024
 TAIL_LINES = 10
+log = logging.getLogger("converge")
 _VAR = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
 
 
@@ -135,7 +138,32 @@ class DaemonBackend:
 
     # ------------------------------------------------------------------ interface
 
+    def _recover_interrupted_start(self, target: Target) -> None:
+        """A controller that died between fork and writing the pid file left the intent
+        file behind, and maybe a process nobody knows: find it by the uid marker in its
+        environment and stop it, so the next start is not a second copy."""
+        intent = target.runtime_dir / START_INTENT
+        if not intent.exists():
+            return
+        rec = self._record(target)
+        known = rec["pid"] if rec is not None else None
+        for proc in psutil.process_iter(["environ"]):
+            try:
+                env = proc.info["environ"] or {}
+            except psutil.Error:
+                continue
+            if env.get("CONVERGE_SERVICE_UID") != target.uid or proc.pid == known:
+                continue
+            with contextlib.suppress(OSError):
+                if os.getpgid(proc.pid) != proc.pid:
+                    continue  # a child: stopping its group leader stops it
+                log.warning("%s: stopping pid %d left by an interrupted start", target.key, proc.pid)
+                grace = target.config.stopGracePeriodSeconds if isinstance(target.config, DaemonSpec) else 10.0
+                self._stop(proc, grace)
+        intent.unlink(missing_ok=True)
+
     def observe(self, target: Target) -> Observation:
+        self._recover_interrupted_start(target)
         rec = self._record(target)
         if rec is None:
             return Observation(Phase.absent)
@@ -186,20 +214,18 @@ class DaemonBackend:
         with contextlib.suppress(FileNotFoundError):
             if log.stat().st_size > LOG_ROTATE_BYTES:
                 log.replace(log.with_suffix(".log.1"))
+        intent = target.runtime_dir / START_INTENT
+        intent.touch(mode=0o600)
         fd = os.open(log, os.O_CREAT | os.O_WRONLY | os.O_APPEND, 0o600)
         try:
             child = subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=fd, stderr=subprocess.STDOUT, env=full_env,
                 cwd=cwd, start_new_session=True, close_fds=True,
             )
-        except FileNotFoundError as exc:
-            raise TemporaryError(scrub(f"cannot start {argv[0]!r}: {exc.strerror}", secrets),
-                                 reason="StartFailed") from None
-        except PermissionError as exc:
-            raise TemporaryError(scrub(f"cannot start {argv[0]!r}: {exc.strerror}", secrets),
-                                 reason="StartFailed") from None
-        except NotADirectoryError as exc:
-            raise TemporaryError(f"workingDir {cwd}: {exc.strerror}", reason="StartFailed") from None
+        except OSError as exc:
+            intent.unlink(missing_ok=True)
+            what = f"workingDir {cwd}" if exc.filename == str(cwd) else f"cannot start {argv[0]!r}"
+            raise TemporaryError(scrub(f"{what}: {exc.strerror}", secrets), reason="StartFailed") from None
         finally:
             os.close(fd)
         with self._mu:
@@ -215,6 +241,7 @@ class DaemonBackend:
         tmp.write_text(json.dumps(rec))
         tmp.chmod(0o600)
         tmp.replace(self._pidfile(target))
+        (target.runtime_dir / START_INTENT).unlink(missing_ok=True)
         self._arm(child.pid, target.key)
         return {"pid": child.pid, "log": str(log)}
 

@@ -244,3 +244,27 @@ def test_concurrent_apply_from_two_processes_loses_nothing(cli: CLI, tmp_path: P
     names = cli("get", "-o", "name").stdout.split()
     assert len(names) == 25 * n + 1
     assert cli.obj("shared")["metadata"]["resourceVersion"] in ("1", "2")
+
+
+def test_interrupted_start_leaves_no_duplicate(cli: CLI, tmp_path: Path) -> None:
+    """A controller killed between fork and pid file: the next pass finds the stray process
+    by its uid marker, stops it and starts exactly one."""
+    port = free_port()
+    write(tmp_path / "s.yaml", http_service("once", port))
+    cli("apply", "-f", str(tmp_path / "s.yaml"))
+    uid = cli.obj("once")["metadata"]["uid"]
+    rt = cli.store / "_runtime" / "default" / "once"
+    rt.mkdir(parents=True, exist_ok=True)
+    (rt / "daemon.starting").touch()
+    stray = psutil.Popen([PY, "-c", "import time; time.sleep(60)"], start_new_session=True,
+                         env={**os.environ, "CONVERGE_SERVICE_UID": uid})
+    try:
+        cli("reconcile", "--timeout", "30s")
+        assert until(lambda: not stray.is_running() or stray.status() == psutil.STATUS_ZOMBIE, timeout=5)
+        assert not (rt / "daemon.starting").exists()
+        mine = [p for p in psutil.process_iter(["environ"])
+                if (p.info["environ"] or {}).get("CONVERGE_SERVICE_UID") == uid]
+        assert [p.pid for p in mine] == [cli.pid("once")]
+    finally:
+        stray.kill()
+        stray.wait()
