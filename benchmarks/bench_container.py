@@ -19,6 +19,11 @@ Rounds are --settle seconds apart so both restart back-offs have reset (Docker d
 its 100 ms delay unless a container ran 10 s; converge's restartPolicy here is
 backoffSeconds 0.1, resetAfterSeconds 10 to match). Results: a table on stdout and
 benchmarks/results/bench_container.json. Any figure that cannot be measured fails the run.
+
+Reading the figures: both sides share the engine's restart path (runc, veth, userland
+proxy). Right after a start, connections through the proxy to the container often stall
+until a TCP SYN retransmission (~1 s after the first try), which makes the samples of both
+sides bimodal (~0.4-0.6 s or ~1.2 s); compare the sides, not the absolute numbers.
 """
 
 from __future__ import annotations
