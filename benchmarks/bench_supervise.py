@@ -118,6 +118,8 @@ def kill_loop(ctx: Ctx, ports: list[int], check: Callable[[], None] | None = Non
             if pid is not None and pid != old:
                 break
             if elapsed > slow_after and not snapshot:
+                if check is not None:
+                    check()
                 snapshot = diagnose(i) if diagnose is not None else "(slow)"
             if elapsed > ctx.args.kill_timeout:
                 raise BenchError(f"kill {k}: daemon on port {ports[i]} (killed pid {old}) not healthy again "
@@ -337,6 +339,13 @@ def bench_converge_run(ctx: Ctx, n: int) -> dict[str, Any]:
     def alive() -> None:
         if proc is not None and proc.poll() is not None:
             raise BenchError(f"`converge run` exited {proc.returncode}; see {work}/converge-run.out")
+        # This script signals the controller only after the phase; a stop before that came
+        # from elsewhere (seen: a stray SIGINT while other test suites ran on the machine).
+        stopped = [ln for ln in (work / "converge-run.out").read_text(errors="replace").splitlines()
+                   if " received SIG" in ln]
+        if stopped:
+            raise BenchError(f"`converge run` was stopped by a signal this benchmark did not send: "
+                             f"{stopped[0]!r}; results of this phase are void")
 
     try:
         t0 = time.monotonic()

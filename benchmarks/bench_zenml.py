@@ -178,7 +178,11 @@ def run_converge(args: argparse.Namespace, tag: str, scratch: Path, reaper: Reap
                     raise BenchError("converge run: daemon not answering before a kill")
                 t0 = time.monotonic()
                 kill9(old)
-                kills.append(wait_new_pid(port, old, timeout=30, t0=t0))
+                try:
+                    kills.append(wait_new_pid(port, old, timeout=30, t0=t0))
+                except BenchError as exc:
+                    log = (Path(env["CONVERGE_STORE"]).parent / "run.out").read_text(errors="replace")
+                    raise BenchError(f"converge run: {exc}; its log ends:\n{log[-1500:]}") from exc
                 deadline = t0 + 30
                 while not status.ready_again(NAME, old):
                     if time.monotonic() > deadline:
