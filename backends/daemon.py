@@ -170,6 +170,7 @@ class DaemonBackend:
         details = {"pid": rec["pid"], "log": str(target.runtime_dir / LOG_FILE)}
         proc = self._live(rec)
         if proc is None:
+            self._reap(int(rec["pid"]))  # it may have died between _live's poll and its look
             code = self._exit_codes.get(int(rec["pid"]))
             how = f"exited with code {code}" if code is not None and code >= 0 else (
                 f"killed by signal {-code}" if code is not None else "exited (exit code unknown: "
@@ -196,7 +197,14 @@ class DaemonBackend:
             self._stop(proc, spec.stopGracePeriodSeconds)  # replace: never two copies
         return self._start(target, spec)
 
+    def _forget_exit(self, target: Target) -> None:
+        rec = self._record(target)
+        if rec is not None:
+            with self._mu:
+                self._exit_codes.pop(int(rec["pid"]), None)
+
     def _start(self, target: Target, spec: DaemonSpec) -> Mapping[str, Any]:
+        self._forget_exit(target)
         env = resolve_env(spec.env, None)
         secrets = secret_values(spec.env, env)
         variables = {"NAME": target.key.name, "NAMESPACE": target.key.namespace, **env}
@@ -257,6 +265,7 @@ class DaemonBackend:
         if proc is not None:
             grace = target.config.stopGracePeriodSeconds if isinstance(target.config, DaemonSpec) else 10.0
             self._stop(proc, grace)
+        self._forget_exit(target)
         with contextlib.suppress(FileNotFoundError):
             self._pidfile(target).unlink()
 

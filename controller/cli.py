@@ -91,6 +91,8 @@ def cli(ctx: click.Context, store: str | None, namespace: str | None, verbose: b
     """converge: keep services in the state their owners declared."""
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
+    for noisy in ("urllib3", "docker", "kubernetes"):  # libraries' wire-level debug lines
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     ctx.obj = Ctx(store, namespace)
 
 

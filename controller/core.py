@@ -267,16 +267,17 @@ def _running(svc: ManagedService, st: ManagedServiceStatus, observed: Observed, 
     health = observed.health
     if check is None or health is None or health.ok:
         st.healthFailures = 0
-        st.lastError = ""
         if st.activeSince is None:
             st.activeSince = now
         requeue = None
-        if st.consecutiveFailures > 0:
+        if st.consecutiveFailures > 0:  # keep the last crash visible until the backoff resets
             healthy_for = (now - st.activeSince).total_seconds()
             if healthy_for >= policy.resetAfterSeconds:
                 st.consecutiveFailures = 0
             else:
                 requeue = policy.resetAfterSeconds - healthy_for
+        if st.consecutiveFailures == 0:
+            st.lastError = ""
         msg = "" if check is None else "health check passed"
         return _finish(st, now, gen, state=State.active, ready=True, reason="Healthy" if check else "Running",
                        message=msg, requeue=requeue, settled=True,

@@ -68,3 +68,13 @@ def until(fn: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02, 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)
+
+
+def gone(pid: int) -> bool:
+    """The process is dead (a zombie not yet reaped by its parent counts as dead)."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True

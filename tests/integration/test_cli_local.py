@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from tests.conftest import CLI
-from tests.helpers import PY, daemon, free_port, http_service, until, write
+from tests.helpers import PY, daemon, free_port, gone, http_service, until, write
 
 
 def get_url(url: str) -> tuple[int, str]:
@@ -92,7 +92,7 @@ def test_spec_change_replaces_in_place(cli: CLI, tmp_path: Path) -> None:
     cli("reconcile", "--timeout", "30s")
     obj = cli.obj("web")
     assert obj["status"]["observedGeneration"] == gen1 + 1
-    assert cli.pid("web") != pid1 and not psutil.pid_exists(pid1)
+    assert cli.pid("web") != pid1 and gone(pid1)
     assert get_url(f"http://127.0.0.1:{port}/")[1] == "v2"
     assert cli("get", "-o", "name").stdout.split() == ["managedservice/web"]
 
@@ -144,7 +144,7 @@ def test_down_force_and_delete_kill_the_whole_process_group(cli: CLI, tmp_path: 
     cli("up", "fam")
     pid = cli.pid("fam")
     assert "deleted" in cli("delete", "fam").stdout
-    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    assert gone(pid)
     assert cli("get", "fam", check=False).returncode == 1
 
 
@@ -216,7 +216,7 @@ def test_pid_reuse_is_not_mistaken_for_the_service(cli: CLI, tmp_path: Path) -> 
     pidfile = cli.store / "_runtime" / "default" / "reuse" / "daemon.json"
     old = json.loads(pidfile.read_text())
     os.killpg(old["pid"], signal.SIGKILL)
-    until(lambda: not psutil.pid_exists(old["pid"]) or psutil.Process(old["pid"]).status() == "zombie")
+    until(lambda: gone(old["pid"]))
     stranger = psutil.Popen([PY, "-c", "import time; time.sleep(60)"])
     try:
         pidfile.write_text(json.dumps({**old, "pid": stranger.pid}))

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import psutil
 import pytest
 
 from controller.api import ManagedService
 from controller.client import Client, WaitTimeout
 from tests.conftest import _kill_leftovers
-from tests.helpers import http_service
+from tests.helpers import gone, http_service
 
 
 def test_deploy_find_replace_stop_start_delete(tmp_path: Path) -> None:
@@ -46,7 +45,7 @@ def test_deploy_find_replace_stop_start_delete(tmp_path: Path) -> None:
         pid = c.get("iris").status.backend["pid"]
         assert c.delete("iris").gone
         assert c.list() == []
-        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+        assert gone(pid)
     finally:
         c.down(selector="", force=True)
         _kill_leftovers(tmp_path / "store")

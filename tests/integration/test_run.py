@@ -13,7 +13,7 @@ import psutil
 import pytest
 
 from tests.conftest import CLI
-from tests.helpers import PY, daemon, http_service, until, write
+from tests.helpers import PY, daemon, gone, http_service, until, write
 
 
 def state(cli: CLI, name: str) -> str:
@@ -56,7 +56,7 @@ def test_sigkill_is_noticed_by_exit_event_and_restarted(cli: CLI, tmp_path: Path
         os.kill(pid, signal.SIGKILL)
         until(lambda pid=pid: cli.pid("heal") != pid and ready(cli, "heal"), timeout=10, what="healed")
         latencies.append(time.monotonic() - t0)
-    assert max(latencies) < 3.0, latencies
+    assert max(latencies) < 5.0, latencies  # generous: CI may be loaded; benchmarks/ measures it
     st = cli.obj("heal")["status"]
     assert st["restarts"] == 3
     assert st["lastExitCode"] == -9
@@ -133,4 +133,4 @@ def test_run_follows_the_store(cli: CLI, tmp_path: Path, controller: list[subpro
     write(tmp_path / "s.yaml", http_service("late", labels={"stack": "l"}, admin="inactive"))
     cli("apply", "-f", str(tmp_path / "s.yaml"))
     until(lambda: state(cli, "late") == "inactive", timeout=10, what="deprovisioned by run")
-    until(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE)
+    until(lambda: gone(pid))

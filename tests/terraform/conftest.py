@@ -101,5 +101,5 @@ def recipe_copy(tmp_path: Path) -> Callable[[str], Path]:
 
 
 def state_resources(runtime: Path) -> list[str]:
-    state = json.loads((runtime / "terraform.tfstate").read_text())
-    return [f"{r['type']}.{r['name']}" for r in state["resources"] for _ in r["instances"]]
+    state = json.loads((runtime / "terraform.tfstate").read_text() or "{}")
+    return [f"{r['type']}.{r['name']}" for r in state.get("resources", []) for _ in r["instances"]]

@@ -329,12 +329,13 @@ def _kill_mid_apply(make_target: MakeTarget, world: Path, runtime: Path, everyth
     assert tf, "terraform should be running"
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    if everything:
+    if everything:  # terraform first: a provisioner dying first would let it finish cleanly
         for p in tf:
-            for c in p.children(recursive=True):
-                c.kill()
+            children = p.children(recursive=True)
             p.kill()
             p.wait(5)
+            for c in children:
+                c.kill()
 
 
 def test_controller_killed_mid_apply_waits_for_its_terraform(backend: TerraformBackend,
@@ -362,15 +363,22 @@ def test_everything_killed_mid_apply_recovers_from_stale_lock(backend: Terraform
                                                               runtime: Path) -> None:
     _kill_mid_apply(make_target, world, runtime, everything=True)
     assert (runtime / ".terraform.tfstate.lock.info").exists()
-    assert state_resources(runtime) == ["terraform_data.fast"]  # state written so far is intact
+    # terraform has persisted the resource it finished; OpenTofu persists on an interval and
+    # may have written nothing yet (an empty state file): then `fast` is created again
+    recorded = state_resources(runtime)
+    assert recorded in (["terraform_data.fast"], [])
     t = make_target("slow", variables={"dir": str(world), "sleep": 0})
 
     obs = backend.observe(t)  # a read-only plan is not blocked by the lock
-    assert obs.drifted and "terraform_data.slow will be created" in obs.message
+    if recorded:
+        assert obs.drifted and "terraform_data.slow will be created" in obs.message
+    else:
+        assert obs.phase == Phase.absent
 
     backend.provision(t)
     assert sorted(state_resources(runtime)) == ["terraform_data.fast", "terraform_data.slow"]
-    assert (world / "created.log").read_text().split() == ["fast", "slow-start", "slow-start", "slow-done"]
+    again = [] if recorded else ["fast"]
+    assert (world / "created.log").read_text().split() == ["fast", "slow-start", *again, "slow-start", "slow-done"]
     logs = "\n".join(backend.logs(t))
     assert "stale state lock" in logs and "left by a terraform that was killed" in logs
     assert not (runtime / ".terraform.tfstate.lock.info").exists()

@@ -76,6 +76,11 @@ def test_plan_changes_lists_each_planned_action() -> None:
     ]
 
 
+def test_plan_changes_reads_opentofu_wording() -> None:
+    text = "OpenTofu will perform the following actions:\n\n  # terraform_data.x is tainted, so it must be replaced\n"
+    assert cli.plan_changes(text) == ["terraform_data.x is tainted, so it must be replaced"]
+
+
 def test_drift_message_names_resources_and_summary() -> None:
     msg = cli.drift_message(PLAN_DRIFT, limit=2)
     assert msg == ("terraform_data.file must be replaced; terraform_data.other will be updated "
