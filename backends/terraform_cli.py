@@ -73,7 +73,7 @@ def tfvars_json(variables: Mapping[str, Any]) -> str:
 
 # --------------------------------------------------------------------------- plan output
 
-_CHANGE = re.compile(r"^\s*# (?P<addr>\S+)(?: \(.*?\))? (?P<what>(?:is tainted, so )?(?:will|must) be .+)$")
+_CHANGE = re.compile(r"^\s*# (?P<addr>\S+)(?: \(.*?\))? (?P<what>(?:is tainted, so (?:it )?)?(?:will|must) be .+)$")
 _SUMMARY = re.compile(r"^Plan: \d+ to add, \d+ to change, \d+ to destroy\.$")
 
 
