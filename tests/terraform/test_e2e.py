@@ -1,11 +1,15 @@
 """A Terraform service end to end through the real `converge` CLI and file store: apply,
 reconcile, outputs in status, drift converged back, a variable change, a broken recipe
-next to it, logs, delete (destroy)."""
+next to it, logs, delete (destroy); and `converge run` healing drift on its resync."""
 
 from __future__ import annotations
 
 import json
 import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -95,3 +99,32 @@ def test_terraform_service_through_the_cli(cli: CLI, stack: tuple[Path, Path], t
     assert not index.exists()
     assert not (runtime / "terraform.tfstate").exists()
     assert "site" not in cli("get").stdout
+
+
+def test_run_heals_terraform_drift_on_resync(cli: CLI, stack: tuple[Path, Path], terraform_bin: str) -> None:
+    src, site = stack
+    index = site / "index.html"
+    cli("apply", "-f", str(src / "site.yaml"))
+    run = cli.popen("run", "--resync", "1s")
+    try:
+        _wait_for(index.exists, 30, "the first apply")
+        index.unlink()
+        _wait_for(index.exists, 30, "drift to be applied back")
+        assert cli.obj("site")["status"]["state"] == "active"
+    finally:
+        run.send_signal(signal.SIGINT)
+        try:
+            run.wait(15)
+        except subprocess.TimeoutExpired:
+            run.kill()
+            run.wait()
+    cli("delete", "site")
+    assert not index.exists()
+
+
+def _wait_for(cond: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
