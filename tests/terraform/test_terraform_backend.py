@@ -180,6 +180,22 @@ def test_destroy_removes_resources_then_runtime_dir(backend: TerraformBackend, m
     backend.deprovision(t)  # absent is success
 
 
+def test_failed_destroy_keeps_runtime_dir_and_state(backend: TerraformBackend, make_target: MakeTarget,
+                                                    world: Path, runtime: Path) -> None:
+    t = make_target("guarded", variables={"dir": str(world)})
+    backend.provision(t)
+    (world / "block").touch()
+
+    with pytest.raises(TemporaryError) as err:
+        backend.deprovision(t)
+    assert err.value.reason == "TerraformFailed" and "still in use" in err.value.message
+    assert state_resources(runtime) == ["terraform_data.guarded"]
+
+    (world / "block").unlink()
+    backend.deprovision(t)
+    assert not runtime.exists()
+
+
 # --------------------------------------------------------------------------- failures
 
 
