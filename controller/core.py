@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -145,6 +146,7 @@ def plan(svc: ManagedService, observed: Observed, now: datetime) -> Plan:
     phase = obs.phase
     if obs.details:
         st.backend = dict(obs.details)
+        _endpoint_from_details(svc, st, obs.details)
 
     # Going away: deprovision, then forget.
     if svc.metadata.deletionTimestamp is not None or spec.adminState == AdminState.inactive:
@@ -315,7 +317,15 @@ def provisioned(svc: ManagedService, st: ManagedServiceStatus, details: dict[str
     if svc.spec.endpoint is not None:
         uri = endpoint_uri(svc, port) or details.get("endpoint")
         out.endpoint = EndpointStatus(uri=str(uri) if uri else None, port=port, state=out.state)
+    _endpoint_from_details(svc, out, details)
     return out
+
+
+def _endpoint_from_details(svc: ManagedService, st: ManagedServiceStatus, details: Mapping[str, object]) -> None:
+    """A backend that makes its own endpoint (a Terraform output) publishes it as details["endpoint"]."""
+    uri = details.get("endpoint")
+    if svc.spec.endpoint is None and uri and (st.endpoint is None or st.endpoint.uri != str(uri)):
+        st.endpoint = EndpointStatus(uri=str(uri), state=st.state)
 
 
 def failed(svc: ManagedService, st: ManagedServiceStatus, action: Action, err: BackendError,

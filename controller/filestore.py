@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import shutil
 import threading
 import time
 import uuid
@@ -255,11 +256,10 @@ class FileStore:
             with self._mu:
                 self._cache.pop(path, None)
             self.writes += 1
-
-    def remove_corrupt(self, where: str) -> None:
-        """Delete an unreadable object file (`converge delete --force` of a corrupt one)."""
-        with self._writer():
-            Path(where).unlink(missing_ok=True)
+            # Forgotten means forgotten: the backend's files (logs, pid, recipe copy) go too.
+            runtime = self.root / RUNTIME / key.namespace / key.name
+            shutil.rmtree(runtime, ignore_errors=True)
+            self._made.discard(runtime)
 
     # ------------------------------------------------------------------ locks and watch
 
