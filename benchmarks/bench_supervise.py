@@ -413,6 +413,7 @@ def parse_args() -> argparse.Namespace:
                     help="converge restartPolicy.resetAfterSeconds (1: each kill is a first restart, "
                     "as for supervisord, which has no backoff for a RUNNING program)")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--out", default="bench_supervise", help="results file name (benchmarks/results/OUT.json)")
     ap.add_argument("--keep", action="store_true", help="keep the scratch dir (logs, stores)")
     args = ap.parse_args()
     args.ns = [int(x) for x in args.n.split(",") if x]
@@ -458,14 +459,14 @@ def main() -> None:
         except (BenchError, KeyboardInterrupt) as exc:
             # Keep what was measured, marked failed; the exit status is non-zero.
             results["error"] = f"{type(exc).__name__}: {exc}"
-            print(f"partial results: {write_results('bench_supervise', results)}", file=sys.stderr)
+            print(f"partial results: {write_results(args.out, results)}", file=sys.stderr)
             raise
         finally:
             if args.keep:
                 print(f"scratch kept: {scratch}", file=sys.stderr)
             else:
                 shutil.rmtree(scratch, ignore_errors=True)
-        path = write_results("bench_supervise", results)
+        path = write_results(args.out, results)
     report(results)
     print(f"\nJSON: {path}")
 
