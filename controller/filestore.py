@@ -71,15 +71,19 @@ class FileStore:
         self.writes = 0  # files written by this instance: steady state must add none
         self._cache: dict[Path, tuple[_Sig, ManagedService]] = {}
         self._mu = threading.Lock()
-        self._made: set[Path] = set()
-        self._ensure_dir(self.root)
+        self._made: set[Path] = set()  # folders known to exist (created on first write)
 
     # ------------------------------------------------------------------ paths
 
-    @staticmethod
-    def _ensure_dir(path: Path) -> None:
-        path.mkdir(mode=0o700, parents=True, exist_ok=True)
-        if path.stat().st_mode & 0o077:
+    def _ensure_dir(self, path: Path) -> None:
+        """Create path (and the store root) private: mkdir's `parents` ignores the mode."""
+        if path != self.root and self.root not in self._made:
+            self._ensure_dir(self.root)
+            self._made.add(self.root)
+        missing = [p for p in (path, *path.parents) if not p.exists()]
+        for p in reversed(missing):
+            p.mkdir(mode=0o700, exist_ok=True)
+        if path == self.root and path.stat().st_mode & 0o077:
             path.chmod(0o700)
 
     def path(self, key: ServiceKey) -> Path:
@@ -159,6 +163,9 @@ class FileStore:
 
     @contextlib.contextmanager
     def _writer(self) -> Iterator[None]:
+        if self.root not in self._made:
+            self._ensure_dir(self.root)
+            self._made.add(self.root)
         fd = os.open(self.root / ".lock", os.O_CREAT | os.O_RDWR, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)

@@ -145,3 +145,15 @@ def test_corrupt_and_misplaced_files_are_reported_by_name(tmp_path: Path) -> Non
     assert "not valid YAML" in errs["bad.yaml"]
     assert "expected default/wrong" in errs["wrong.yaml"]
     assert "spec.adminState" in errs["invalid.yaml"]
+
+
+def test_reading_creates_nothing_and_every_folder_is_private(tmp_path: Path) -> None:
+    root = tmp_path / "a" / "store"
+    s = FileStore(root)
+    assert s.list().items == [] and not root.exists()  # `converge get` in a new folder writes nothing
+    with s.lock(ServiceKey("default", "x")):  # the first thing done may be taking a lock
+        pass
+    s.runtime_dir(ServiceKey("default", "x"))
+    for d in [root, *root.rglob("*")]:
+        if d.is_dir():
+            assert d.stat().st_mode & 0o077 == 0, d
