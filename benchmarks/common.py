@@ -302,6 +302,8 @@ class Reaper:
         self.sweep()
 
     def __enter__(self) -> Reaper:
+        # Also when started with SIGINT ignored (a background job of a script).
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, _raise_interrupt)
         signal.signal(signal.SIGHUP, _raise_interrupt)
         return self
