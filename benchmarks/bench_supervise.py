@@ -377,9 +377,9 @@ def bench_converge_run(ctx: Ctx, n: int) -> dict[str, Any]:
             time.sleep(ctx.args.idle_warmup)
             res["idle"] = sample_idle(proc.pid, ctx.args.idle_seconds)
             alive()
-        ready, not_ready = converge_ready(env, n)
-        res["ready_at_end"] = ready
-        if ready != n:
+        n_ready, not_ready = converge_ready(env, n)
+        res["ready_at_end"] = n_ready
+        if n_ready != n:
             raise BenchError(f"after the kills {len(not_ready)} services are not Ready: {not_ready[:5]}")
         return res
     finally:
