@@ -274,7 +274,7 @@ def _stop_on_signals() -> Iterator[threading.Event]:
 
 @cli.command()
 @click.option("--workers", default=8, show_default=True)
-@click.option("--resync", default="30s", show_default=True, help="Full re-observation interval.")
+@click.option("--resync", default="60s", show_default=True, help="Full re-observation interval.")
 @pass_ctx
 @handle_errors
 def run(c: Ctx, workers: int, resync: str) -> None:

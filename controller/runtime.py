@@ -24,7 +24,7 @@ from controller.workqueue import WorkQueue
 
 log = logging.getLogger("converge")
 
-RESYNC_SECONDS = 30.0
+RESYNC_SECONDS = 60.0
 
 
 class Runtime:
@@ -101,14 +101,17 @@ class Runtime:
         queue: WorkQueue[ServiceKey] = WorkQueue()
         self.reconciler.backends.watch(queue.add)
 
+        known: set[ServiceKey] = set()  # keys that requeue themselves (every resync at least)
+
         def relist() -> None:
+            """Catch keys the watch missed; known keys already have their next pass queued."""
             listed = store.list()
-            for obj in listed.items:
-                queue.add(obj.key)
+            keys = [o.key for o in listed.items] + [e.key for e in listed.errors if e.key is not None]
+            for key in keys:
+                if key not in known:
+                    queue.add(key)
             for err in listed.errors:
-                if err.key is not None:
-                    queue.add(err.key)
-                else:
+                if err.key is None:
                     log.error("%s", err)
 
         def watch_store() -> None:
@@ -128,7 +131,10 @@ class Runtime:
                     prober.track(key, o.probe)
                 else:
                     prober.untrack(key)
-                if not o.gone:
+                if o.gone:
+                    known.discard(key)
+                else:
+                    known.add(key)
                     delay = self.resync if o.requeue_after is None else min(o.requeue_after, self.resync)
                     queue.add_after(key, delay * (1 + 0.1 * random.random()) if delay >= 1 else delay)
                 queue.done(key)
