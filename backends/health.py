@@ -7,6 +7,7 @@ failures and decides the state (controller.core), this module only looks.
 from __future__ import annotations
 
 import http.client
+import ipaddress
 import socket
 import ssl
 from dataclasses import dataclass
@@ -28,9 +29,25 @@ def probe(check: HealthCheck, protocol: str, host: str, port: int) -> ProbeResul
     return probe_tcp(host, port, timeout)
 
 
+def _connect(host: str, port: int, timeout: float) -> socket.socket:
+    """A connected socket; a numeric host skips create_connection's resolver round."""
+    try:
+        family = socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
+    except ValueError:
+        return socket.create_connection((host, port), timeout=timeout)
+    s = socket.socket(family, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    try:
+        s.connect((host, port))
+    except BaseException:
+        s.close()
+        raise
+    return s
+
+
 def probe_tcp(host: str, port: int, timeout: float) -> ProbeResult:
     try:
-        with socket.create_connection((host, port), timeout=timeout):
+        with _connect(host, port, timeout):
             return ProbeResult(True)
     except OSError as exc:
         return ProbeResult(False, f"tcp {host}:{port}: {exc.strerror or exc}")
@@ -65,7 +82,7 @@ def _probe_plain_http(host: str, port: int, path: str, status: int, timeout: flo
     hostport = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     request = f"GET {path} HTTP/1.0\r\nHost: {hostport}\r\nUser-Agent: converge-probe\r\n\r\n".encode()
     try:
-        with socket.create_connection((host, port), timeout=timeout) as s:
+        with _connect(host, port, timeout) as s:
             s.sendall(request)
             head = b""
             while b"\r\n" not in head and len(head) < 1024:

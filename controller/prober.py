@@ -20,6 +20,8 @@ from controller.reconciler import Probe
 
 log = logging.getLogger("converge")
 
+BATCH_SECONDS = 0.25  # probes due this close together run in one wake-up
+
 
 class Prober:
     def __init__(self, on_failure: Callable[[ServiceKey], None]) -> None:
@@ -60,11 +62,11 @@ class Prober:
                     if entry is None or entry[1] != due:
                         heapq.heappop(self._heap)  # untracked or rescheduled since
                         continue
-                    if due <= now:
+                    if due <= now + BATCH_SECONDS:  # a little early beats an extra wake-up
                         heapq.heappop(self._heap)
                         return key, entry[0]
                     break
-                self._cv.wait(self._heap[0][0] - now if self._heap else None)
+                self._cv.wait(self._heap[0][0] - now - BATCH_SECONDS / 2 if self._heap else None)
             return None
 
     def _loop(self) -> None:
