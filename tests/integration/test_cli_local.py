@@ -268,3 +268,19 @@ def test_interrupted_start_leaves_no_duplicate(cli: CLI, tmp_path: Path) -> None
     finally:
         stray.kill()
         stray.wait()
+
+
+def test_logs_follow_streams_new_lines(cli: CLI, tmp_path: Path) -> None:
+    cmd = [PY, "-u", "-c", "import time\nfor i in range(600):\n    print(f'tick {i}', flush=True); time.sleep(0.05)"]
+    write(tmp_path / "s.yaml", daemon("ticker", cmd, check=None))
+    cli("apply", "-f", str(tmp_path / "s.yaml"))
+    cli("reconcile", "--timeout", "30s")
+    follower = cli.popen("logs", "ticker", "-f", "--tail", "1")
+    try:
+        assert follower.stdout is not None
+        lines = [follower.stdout.readline().strip() for _ in range(5)]
+        numbers = [int(line.split()[1]) for line in lines]
+        assert numbers == sorted(numbers) and len(set(numbers)) == 5, lines  # new lines keep coming
+    finally:
+        follower.kill()
+        follower.wait()
