@@ -212,38 +212,43 @@ def wait(c: Ctx, name: str, for_: str, timeout: str) -> None:
     click.echo(f"managedservice/{name} condition met")
 
 
-def _updown(c: Ctx, up: bool, names: tuple[str, ...], selector: str | None, force: bool, timeout: str) -> None:
+def _updown(c: Ctx, up: bool, names: tuple[str, ...], selector: str | None, force: bool, timeout: str,
+            all_namespaces: bool) -> None:
     if not names and selector is None:
         raise click.UsageError("give service names or -l SELECTOR (-l '' for every service)")
     t = parse_duration(timeout)
+    ns = None if all_namespaces and not names else c.ns
     if up:
-        outcomes = c.client.up(selector, names, c.namespace, timeout=t)
+        outcomes = c.client.up(selector, names, ns, timeout=t)
     else:
-        outcomes = c.client.down(selector, names, c.namespace, force=force, timeout=t)
+        outcomes = c.client.down(selector, names, ns, force=force, timeout=t)
     _report(outcomes, "up" if up else ("deprovisioned" if force else "suspended"))
 
 
 @cli.command()
 @click.argument("names", nargs=-1)
 @click.option("-l", "--selector", default=None)
+@click.option("-A", "--all-namespaces", is_flag=True, help="Select in every namespace.")
 @click.option("--timeout", default="60s")
 @pass_ctx
 @handle_errors
-def up(c: Ctx, names: tuple[str, ...], selector: str | None, timeout: str) -> None:
+def up(c: Ctx, names: tuple[str, ...], selector: str | None, all_namespaces: bool, timeout: str) -> None:
     """Set adminState active (start or resume) and converge."""
-    _updown(c, True, names, selector, False, timeout)
+    _updown(c, True, names, selector, False, timeout, all_namespaces)
 
 
 @cli.command()
 @click.argument("names", nargs=-1)
 @click.option("-l", "--selector", default=None)
+@click.option("-A", "--all-namespaces", is_flag=True, help="Select in every namespace.")
 @click.option("--force", is_flag=True, help="Deprovision (adminState inactive) instead of suspending.")
 @click.option("--timeout", default="60s")
 @pass_ctx
 @handle_errors
-def down(c: Ctx, names: tuple[str, ...], selector: str | None, force: bool, timeout: str) -> None:
+def down(c: Ctx, names: tuple[str, ...], selector: str | None, all_namespaces: bool, force: bool,
+         timeout: str) -> None:
     """Suspend services (dependents first); --force deprovisions them."""
-    _updown(c, False, names, selector, force, timeout)
+    _updown(c, False, names, selector, force, timeout, all_namespaces)
 
 
 @cli.command()

@@ -284,3 +284,19 @@ def test_logs_follow_streams_new_lines(cli: CLI, tmp_path: Path) -> None:
     finally:
         follower.kill()
         follower.wait()
+
+
+def test_namespaces_are_separate(cli: CLI, tmp_path: Path) -> None:
+    write(tmp_path / "s.yaml", http_service("svc", labels={"stack": "n"}))
+    cli("apply", "-f", str(tmp_path / "s.yaml"))
+    cli("-n", "team-b", "apply", "-f", str(tmp_path / "s.yaml"))
+    cli("reconcile", "--timeout", "3s", check=False)  # same port twice: one of them must lose
+    rows = cli("get", "-A").stdout.splitlines()
+    assert rows[0].split()[0] == "NAMESPACE" and len(rows) == 3
+    assert (cli.store / "team-b" / "svc.yaml").exists()
+    cli("down", "-l", "stack=n")  # the default namespace only
+    assert cli.obj("svc")["status"]["state"] == "scaled_to_zero"
+    other = json.loads(cli("-n", "team-b", "get", "svc", "-o", "json").stdout)
+    assert other["status"]["state"] != "scaled_to_zero"
+    cli("down", "--force", "-A", "-l", "")
+    assert json.loads(cli("-n", "team-b", "get", "svc", "-o", "json").stdout)["status"]["state"] == "inactive"
