@@ -40,10 +40,6 @@ def set_condition(
     return out
 
 
-def remove_condition(conditions: list[Condition], type_: str) -> list[Condition]:
-    return [c for c in conditions if c.type != type_]
-
-
 def mark_progress(
     conditions: list[Condition], kind: str | None, reason: str, message: str, now: datetime,
     generation: int | None = None,

@@ -350,8 +350,4 @@ def failed(svc: ManagedService, st: ManagedServiceStatus, action: Action, err: B
         return _finish(out, now, gen, state=State.error, ready=False, reason=err.reason,
                        message=out.lastError, progress=RECONCILING, requeue=delay)
     return _finish(out, now, gen, state=State.error, ready=False, reason=err.reason, message=out.lastError,
-                   progress=RECONCILING, requeue=policy_delay(svc))
-
-
-def policy_delay(svc: ManagedService) -> float:
-    return svc.spec.restartPolicy.backoffSeconds
+                   progress=RECONCILING, requeue=svc.spec.restartPolicy.backoffSeconds)

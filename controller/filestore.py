@@ -294,13 +294,6 @@ class FileStore:
             pass
         return out
 
-    def snapshot(self) -> dict[ServiceKey, _Sig]:
-        """(inode, mtime, size) of every object file: cheap, no parsing."""
-        out: dict[ServiceKey, _Sig] = {}
-        for ns in self.namespaces():
-            out.update(self._scan(ns))
-        return out
-
     def watch(self, stop: object, interval: float = 0.25) -> Iterator[ServiceKey]:
         """Keys whose files changed. Every write renames a file into its namespace folder,
         which changes the folder's mtime: each tick stats the folders and rescans only
