@@ -39,13 +39,14 @@ class Runtime:
         """Log a line when a service's state or message changes (the event stream)."""
         now = (o.state, o.error or o.message)
         with self._mu:
-            before = self._last.get(o.key)
-            self._last[o.key] = now
-        if o.error and (before is None or before[1] != o.error):
+            before = self._last.pop(o.key, None) if o.gone else self._last.get(o.key)
+            if not o.gone:
+                self._last[o.key] = now
+        if o.gone:
+            if before is not None:
+                log.info("%s: deleted", o.key)
+        elif o.error and (before is None or before[1] != o.error):
             log.error("%s: %s", o.key, o.error)
-        elif o.gone and before is not None and before[0] != "deleted":
-            self._last[o.key] = ("deleted", "")
-            log.info("%s: deleted", o.key)
         elif before != now and o.state:
             log.info("%s: %s%s", o.key, o.state, f" ({o.message})" if o.message else "")
 
