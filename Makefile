@@ -15,7 +15,7 @@ demo:
 test:
 	@bin=$$(.ci/bootstrap | tail -1) && \
 	$$bin/ruff check controller backends tests benchmarks && \
-	$$bin/mypy && \
+	.ci/typecheck $$bin && \
 	$$bin/pytest -q -ra tests
 
 bench:

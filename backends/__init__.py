@@ -1,1 +1,1 @@
-"""Backends: one module per kind of service behind the interface in backends.base."""
+"""Backends: one module per kind of service behind the interface in converge.backends.base."""

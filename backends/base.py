@@ -2,11 +2,11 @@
 
 A backend provisions, deprovisions, suspends and observes the resources of one kind of
 service (processes, containers, Terraform recipes, Deployments) and shows their logs.
-The reconcile core (controller.core) decides *what* to do from an `Observation`; the
+The reconcile core (converge.core) decides *what* to do from an `Observation`; the
 backend only knows *how*. Backends import the API models and their own library, never
 each other, the stores, kopf or the CLI.
 
-Errors a backend raises (backends.errors) are our own: each backend maps its library's
+Errors a backend raises (converge.backends.errors) are our own: each backend maps its library's
 exceptions to them at its boundary.
 """
 
@@ -18,7 +18,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from controller.api import ServiceKey
+from converge.api import ServiceKey
 
 
 class Phase(StrEnum):
@@ -51,7 +51,7 @@ class Target:
 
     key: ServiceKey
     uid: str
-    config: Any  # the backend's own spec model, e.g. controller.api.DaemonBackend
+    config: Any  # the backend's own spec model, e.g. converge.api.DaemonBackend
     spec_hash: str
     runtime_dir: Path  # private to this service; the backend keeps its files here
     host: str = "127.0.0.1"

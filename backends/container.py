@@ -1,6 +1,6 @@
 """The container backend: services as Docker containers, through the docker SDK.
 
-Implements backends.base.Backend for `spec.backend.container`. The engine is the one
+Implements converge.backends.base.Backend for `spec.backend.container`. The engine is the one
 `docker.from_env()` finds (DOCKER_HOST etc.), connected lazily and again after it was
 unreachable. Identity lives on the container: its name (container_args.container_name)
 and labels namespace/name/uid/spec-hash, so a restarted controller adopts what exists.
@@ -14,9 +14,9 @@ and labels namespace/name/uid/spec-hash, so a restarted controller adopts what e
     observe      running | suspended | exited (exit code, OOM, last log lines) | absent
     watch        a thread following Docker events of labelled containers -> notify(key)
 
-Docker SDK and transport errors become backends.errors in one place (`_map_error`);
-secret environment values never reach details, messages or log lines (backends.env.scrub).
-Argument building is pure and lives in backends.container_args.
+Docker SDK and transport errors become converge.backends.errors in one place (`_map_error`);
+secret environment values never reach details, messages or log lines (converge.backends.env.scrub).
+Argument building is pure and lives in converge.backends.container_args.
 """
 
 from __future__ import annotations
@@ -33,12 +33,12 @@ import docker
 import docker.errors
 import requests.exceptions
 
-from backends import container_args as ca
-from backends.base import Notify, Observation, Phase, Target
-from backends.env import resolve_env, scrub, secret_values
-from backends.errors import BackendError, BackendUnavailable, PermanentError, TemporaryError
-from controller import api
-from controller.api import ServiceKey
+from converge import api
+from converge.api import ServiceKey
+from converge.backends import container_args as ca
+from converge.backends.base import Notify, Observation, Phase, Target
+from converge.backends.env import resolve_env, scrub, secret_values
+from converge.backends.errors import BackendError, BackendUnavailable, PermanentError, TemporaryError
 
 log = logging.getLogger(__name__)
 

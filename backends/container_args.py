@@ -3,7 +3,7 @@
 From a `Target` (the spec, the service's key/uid/spec hash and its endpoint port) this
 module derives the container's name and labels and the keyword arguments of
 `docker.DockerClient.containers.create` — no I/O, no docker engine; unit tested in
-tests/unit/test_container_args.py. backends.container does the calls.
+tests/unit/test_container_args.py. converge.backends.container does the calls.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from backends.base import Target
-from backends.errors import PermanentError
-from controller.api import ContainerBackend, ServiceKey
+from converge.api import ContainerBackend, ServiceKey
+from converge.backends.base import Target
+from converge.backends.errors import PermanentError
 
 LABEL_NAMESPACE = "dev.converge.namespace"
 LABEL_NAME = "dev.converge.name"

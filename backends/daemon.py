@@ -30,11 +30,11 @@ from typing import Any
 
 import psutil
 
-from backends.base import Notify, Observation, Phase, Target
-from backends.env import resolve_env, scrub, secret_values
-from backends.errors import PermanentError, TemporaryError
-from controller.api import DaemonBackend as DaemonSpec
-from controller.api import ServiceKey
+from converge.api import DaemonBackend as DaemonSpec
+from converge.api import ServiceKey
+from converge.backends.base import Notify, Observation, Phase, Target
+from converge.backends.env import resolve_env, scrub, secret_values
+from converge.backends.errors import PermanentError, TemporaryError
 
 PID_FILE = "daemon.json"
 START_INTENT = "daemon.starting"  # exists only while a start is under way

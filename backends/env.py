@@ -10,8 +10,8 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from backends.errors import PermanentError, TemporaryError
-from controller.api import EnvVar
+from converge.api import EnvVar
+from converge.backends.errors import PermanentError, TemporaryError
 
 
 def resolve_env(env: Sequence[EnvVar], base_dir: Path | None = None) -> dict[str, str]:

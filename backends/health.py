@@ -1,7 +1,7 @@
 """Health monitors: HTTP and TCP probes of a service's endpoint.
 
 One probe is one short blocking check with a timeout; the reconcile core counts
-failures and decides the state (controller.core), this module only looks.
+failures and decides the state (converge.core), this module only looks.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import socket
 import ssl
 from dataclasses import dataclass
 
-from controller.api import HealthCheck
+from converge.api import HealthCheck
 
 
 @dataclass(frozen=True)

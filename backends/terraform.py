@@ -1,6 +1,6 @@
 """The Terraform backend: a service is a recipe (a directory of .tf files) applied with variables.
 
-The reconcile core calls it through the Backend protocol (backends.base). Each service has
+The reconcile core calls it through the Backend protocol (converge.backends.base). Each service has
 a runtime dir (`Target.runtime_dir`, given by the core): the recipe is copied there (or, with
 `copy: false`, linked file by file), variables go to `converge.auto.tfvars.json` (never on
 the command line), and terraform runs there, so the local state, `.terraform/` and the run
@@ -15,7 +15,7 @@ State is only ever written by terraform itself. A controller killed mid-apply le
 state and possibly a lock: a live terraform still working there is waited for; a stale
 lock info file left by a killed terraform is reported and run over (a local state lock is
 an OS lock that died with its holder). The CLI is driven through python-terraform's
-command-line conventions (backends.terraform_cli) and run by backends.terraform_runner.
+command-line conventions (converge.backends.terraform_cli) and run by converge.backends.terraform_runner.
 """
 
 from __future__ import annotations
@@ -29,11 +29,11 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from backends import terraform_cli as cli
-from backends import terraform_runner as runner
-from backends.base import Notify, Observation, Phase, Target
-from backends.errors import PermanentError, TemporaryError
-from controller.api import TerraformBackend as TerraformSpec
+from converge.api import TerraformBackend as TerraformSpec
+from converge.backends import terraform_cli as cli
+from converge.backends import terraform_runner as runner
+from converge.backends.base import Notify, Observation, Phase, Target
+from converge.backends.errors import PermanentError, TemporaryError
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """The terraform CLI as text: command lines in, output parsed out. Pure, no I/O.
 
-Used by backends.terraform (the Terraform backend) and its runner. Command lines are built
+Used by converge.backends.terraform (the Terraform backend) and its runner. Command lines are built
 with python-terraform's option conventions (`IsFlagged`, lists repeat a flag), always
 with the flags terraform/OpenTofu 1.x expect (`-input=false`, `-no-color`,
 `-auto-approve`; never the removed `-force`). The parsers read what the CLI prints:

@@ -1,6 +1,6 @@
 """Running the terraform CLI for the Terraform backend: binary, environment, processes, run logs.
 
-backends.terraform calls `find_binary` and `run`. Each run is a child process in its own
+converge.backends.terraform calls `find_binary` and `run`. Each run is a child process in its own
 session whose output goes straight to a log file in the service's runtime dir (so the
 output survives a controller killed mid-run, and `converge logs` shows the last runs);
 a run past its timeout is interrupted (terraform then stops and writes its state), and its
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import psutil
 
-from backends.errors import BackendUnavailable
+from converge.backends.errors import BackendUnavailable
 
 BIN_ENV = "CONVERGE_TERRAFORM_BIN"
 NAMES = ("terraform", "tofu")

@@ -4,8 +4,8 @@ steady-state pass (nothing to change) — wall time and store writes (must be 0)
     ~/.cache/converge/venv/bin/python benchmarks/bench_core_scale.py [--n 1000,10000]
         [--workers 8]
 
-In-process, through the lead's Python API: controller.filestore.FileStore,
-controller.reconciler.Reconciler, controller.runtime.Runtime (the converging pass that
+In-process, through the lead's Python API: converge.filestore.FileStore,
+converge.reconciler.Reconciler, converge.runtime.Runtime (the converging pass that
 `converge reconcile` runs) and a no-op backend registered in-process under the kind
 "noop" (a plug-in backend: `spec.backend.noop: {}`), which answers provision/observe from
 a dict. For each N:
@@ -36,12 +36,12 @@ from common import BenchError, fail_loudly, print_table, write_results
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from backends.base import Notify, Observation, Phase, Target
-from controller.api import ManagedService, ServiceKey
-from controller.filestore import FileStore
-from controller.reconciler import Reconciler
-from controller.registry import Backends
-from controller.runtime import Runtime
+from converge.api import ManagedService, ServiceKey
+from converge.backends.base import Notify, Observation, Phase, Target
+from converge.filestore import FileStore
+from converge.reconciler import Reconciler
+from converge.registry import Backends
+from converge.runtime import Runtime
 
 KIND = "noop"
 

@@ -427,15 +427,15 @@ class ConvergeStatus:
     time when a service's own status shows it Ready again after a kill."""
 
     def __init__(self, root: Path, namespace: str = "default") -> None:
-        from controller.filestore import FileStore
+        from converge.filestore import FileStore
 
         self.store = FileStore(root)
         self.namespace = namespace
 
     def ready_again(self, name: str, old_pid: int) -> bool:
         """Ready=True with a pid other than old_pid in status.backend."""
-        from controller.api import ServiceKey
-        from controller.store import StoreError
+        from converge.api import ServiceKey
+        from converge.store import StoreError
 
         try:
             st = self.store.get(ServiceKey(self.namespace, name)).status

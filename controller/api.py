@@ -1,7 +1,7 @@
 """API models of the ManagedService resource: the single source of truth.
 
 The CRD's openAPIV3Schema (controller.crd), the file store's validation
-(controller.manifest) and the manifest reference in the README all come from these
+(converge.manifest) and the manifest reference in the README all come from these
 pydantic models. Pure data: no I/O here.
 """
 

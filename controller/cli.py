@@ -1,4 +1,4 @@
-"""The `converge` command line: kubectl-shaped, a thin layer over controller.client.
+"""The `converge` command line: kubectl-shaped, a thin layer over converge.client.
 
 Exit codes: 0 success; 1 the command failed (invalid manifest, not found, timed out,
 not converged); 2 bad usage. Errors go to stderr, one per line, naming file, object and
@@ -19,12 +19,12 @@ from typing import Any, NoReturn, TypeVar
 
 import click
 
-from controller import printers
-from controller.client import Client, WaitTimeout
-from controller.manifest import ManifestError
-from controller.reconciler import Outcome
-from controller.selector import SelectorError, parse_selector
-from controller.store import Conflict, NotFound, StoreError
+from converge import printers
+from converge.client import Client, WaitTimeout
+from converge.manifest import ManifestError
+from converge.reconciler import Outcome
+from converge.selector import SelectorError, parse_selector
+from converge.store import Conflict, NotFound, StoreError
 
 F = TypeVar("F", bound=Callable[..., Any])
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
@@ -284,7 +284,7 @@ def _stop_on_signals() -> Iterator[threading.Event]:
 @handle_errors
 def run(c: Ctx, workers: int, resync: str) -> None:
     """The continuous local controller: converges and self-heals until interrupted."""
-    from controller.runtime import Runtime
+    from converge.runtime import Runtime
 
     rt = Runtime(c.client.reconciler, workers=workers, resync=parse_duration(resync))
     with _stop_on_signals() as stop:

@@ -1,6 +1,6 @@
 """The typed Python client: what the CLI does, callable from pipeline code.
 
-    from controller.client import Client
+    from converge.client import Client
     c = Client.local()                                   # the FileStore in ./.converge
     c.apply(Client.load("manifests/examples/"))          # create or update in place
     svc = c.wait("web", timeout=30)                      # Ready
@@ -21,15 +21,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from controller import manifest
-from controller.api import AdminState, ManagedService, ServiceKey
-from controller.conditions import is_ready
-from controller.filestore import FileStore
-from controller.reconciler import Outcome, Reconciler
-from controller.registry import Backends, available_kinds
-from controller.runtime import Runtime
-from controller.selector import Selector, parse_selector
-from controller.store import AlreadyExists, Conflict, NotFound, Store
+from converge import manifest
+from converge.api import AdminState, ManagedService, ServiceKey
+from converge.conditions import is_ready
+from converge.filestore import FileStore
+from converge.reconciler import Outcome, Reconciler
+from converge.registry import Backends, available_kinds
+from converge.runtime import Runtime
+from converge.selector import Selector, parse_selector
+from converge.store import AlreadyExists, Conflict, NotFound, Store
 
 APPLY_RETRIES = 20
 

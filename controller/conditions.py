@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from controller.api import Condition
+from converge.api import Condition
 
 READY = "Ready"
 RECONCILING = "Reconciling"

@@ -5,9 +5,9 @@ dependencies are not Ready, which dependents still run) comes in as `Observed`; 
 decides the one next step and the status that describes it. Level-triggered: the caller
 carries out the action and asks again (`requeue_after`); nothing here sleeps, reads a
 file or calls a backend. All retry rules live here: a failed start backs off
-exponentially (controller.backoff), success after a healthy period resets the count.
+exponentially (converge.backoff), success after a healthy period resets the count.
 
-The adapters (controller.reconciler for both local and cluster modes) do the I/O.
+The adapters (converge.reconciler for both local and cluster modes) do the I/O.
 """
 
 from __future__ import annotations
@@ -19,12 +19,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 
-from backends.base import Observation, Phase
-from backends.errors import BackendError, BackendUnavailable, PermanentError
-from backends.health import ProbeResult
-from controller.api import AdminState, EndpointStatus, ManagedService, ManagedServiceStatus, State
-from controller.backoff import restart_delay
-from controller.conditions import READY, RECONCILING, STALLED, mark_progress, set_condition
+from converge.api import AdminState, EndpointStatus, ManagedService, ManagedServiceStatus, State
+from converge.backends.base import Observation, Phase
+from converge.backends.errors import BackendError, BackendUnavailable, PermanentError
+from converge.backends.health import ProbeResult
+from converge.backoff import restart_delay
+from converge.conditions import READY, RECONCILING, STALLED, mark_progress, set_condition
 
 UNAVAILABLE_RETRY = 2.0  # seconds between looks while a backend's engine is unreachable
 WAIT_RETRY = 0.5  # seconds between looks while waiting on another service

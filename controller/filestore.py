@@ -31,9 +31,9 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from controller.api import ManagedService, ServiceKey
-from controller.selector import Selector
-from controller.store import AlreadyExists, Conflict, CorruptObject, ListResult, NotFound
+from converge.api import ManagedService, ServiceKey
+from converge.selector import Selector
+from converge.store import AlreadyExists, Conflict, CorruptObject, ListResult, NotFound
 
 try:  # the C loader/dumper are ~10x faster when libyaml is there
     from yaml import CSafeDumper as _Dumper

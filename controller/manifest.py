@@ -18,9 +18,9 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from controller.api import GROUP_VERSION, KIND, EnvVar, ManagedService
-from controller.deps import find_cycle
-from controller.filestore import format_validation_error
+from converge.api import GROUP_VERSION, KIND, EnvVar, ManagedService
+from converge.deps import find_cycle
+from converge.filestore import format_validation_error
 
 SUFFIXES = (".yaml", ".yml", ".json")
 

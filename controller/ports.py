@@ -12,8 +12,8 @@ import socket
 import threading
 import time
 
-from backends.errors import TemporaryError
-from controller.api import Endpoint
+from converge.api import Endpoint
+from converge.backends.errors import TemporaryError
 
 _RESERVE_SECONDS = 30.0
 _reserved: dict[int, tuple[str, float]] = {}

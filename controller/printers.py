@@ -8,8 +8,8 @@ from datetime import UTC, datetime
 
 import yaml
 
-from controller.api import ManagedService
-from controller.conditions import READY
+from converge.api import ManagedService
+from converge.conditions import READY
 
 
 def age(then: datetime | None, now: datetime | None = None) -> str:

@@ -15,8 +15,8 @@ import threading
 import time
 from collections.abc import Callable
 
-from controller.api import ServiceKey
-from controller.reconciler import Probe
+from converge.api import ServiceKey
+from converge.reconciler import Probe
 
 log = logging.getLogger("converge")
 

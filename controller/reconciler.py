@@ -3,7 +3,7 @@
 `Reconciler.reconcile(key)` is one level-triggered pass over one service, the same for
 local mode (FileStore) and the cluster (KubeStore): the request is only a key, every
 pass re-reads the object and re-observes the world. Decisions are the pure core's
-(controller.core); this module only does the I/O around it: store reads and the single
+(converge.core); this module only does the I/O around it: store reads and the single
 status write, the backend calls, the health probe, the port allocation.
 """
 
@@ -13,14 +13,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from backends.base import Backend, Observation, Phase, Target
-from backends.errors import BackendError
-from backends.health import ProbeResult, probe
-from controller import core, ports
-from controller.api import AdminState, HealthCheck, ManagedService, ServiceKey, State
-from controller.conditions import is_ready
-from controller.registry import Backends
-from controller.store import Conflict, CorruptObject, NotFound, Store
+from converge import core, ports
+from converge.api import AdminState, HealthCheck, ManagedService, ServiceKey, State
+from converge.backends.base import Backend, Observation, Phase, Target
+from converge.backends.errors import BackendError
+from converge.backends.health import ProbeResult, probe
+from converge.conditions import is_ready
+from converge.registry import Backends
+from converge.store import Conflict, CorruptObject, NotFound, Store
 
 Clock = Callable[[], datetime]
 

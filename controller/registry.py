@@ -9,8 +9,8 @@ from __future__ import annotations
 import threading
 from importlib.metadata import entry_points
 
-from backends.base import Backend, Notify
-from backends.errors import BackendUnavailable, PermanentError
+from converge.backends.base import Backend, Notify
+from converge.backends.errors import BackendUnavailable, PermanentError
 
 GROUP = "converge.backends"
 

@@ -5,7 +5,7 @@ Two ways to drive it:
   `delete`): every key is reconciled and requeued as the core asks until all are settled.
 - `run(stop)`: the continuous controller (`converge run`): keys come from the store's
   watch, from backends' change notifications (process exits, Docker events), from the
-  core's requeue times, from failed health probes (controller.prober probes healthy
+  core's requeue times, from failed health probes (converge.prober probes healthy
   services on its own) and from a periodic resync that catches any other drift.
 """
 
@@ -17,10 +17,10 @@ import threading
 import time
 from collections.abc import Iterable
 
-from controller.api import ServiceKey
-from controller.prober import Prober
-from controller.reconciler import Outcome, Reconciler
-from controller.workqueue import WorkQueue
+from converge.api import ServiceKey
+from converge.prober import Prober
+from converge.reconciler import Outcome, Reconciler
+from converge.workqueue import WorkQueue
 
 log = logging.getLogger("converge")
 

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from controller.api import ManagedService, ServiceKey
-from controller.selector import Selector
+from converge.api import ManagedService, ServiceKey
+from converge.selector import Selector
 
 
 class StoreError(Exception):

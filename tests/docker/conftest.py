@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 
-from backends.base import Target
-from backends.container import ContainerBackend
-from controller.api import ContainerBackend as ContainerSpec
-from controller.api import ServiceKey
+from converge.api import ContainerBackend as ContainerSpec
+from converge.api import ServiceKey
+from converge.backends.base import Target
+from converge.backends.container import ContainerBackend
 from tests.docker.engine import TEST_IMAGE, Engine, EngineError, build_busybox_image
 from tests.helpers import free_port
 

@@ -1,4 +1,4 @@
-"""backends.container against a real Docker engine (the session's private dockerd)."""
+"""converge.backends.container against a real Docker engine (the session's private dockerd)."""
 
 from __future__ import annotations
 
@@ -12,12 +12,12 @@ from typing import Any
 import psutil
 import pytest
 
-from backends import container_args as ca
-from backends.base import Observation, Phase, Target
-from backends.container import ContainerBackend
-from backends.errors import BackendUnavailable, TemporaryError
-from backends.health import probe
-from controller.api import HealthCheck, ServiceKey
+from converge.api import HealthCheck, ServiceKey
+from converge.backends import container_args as ca
+from converge.backends.base import Observation, Phase, Target
+from converge.backends.container import ContainerBackend
+from converge.backends.errors import BackendUnavailable, TemporaryError
+from converge.backends.health import probe
 from tests.docker.engine import Engine, build_busybox_image
 
 MakeTarget = Callable[..., Target]

@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
-from backends import container_args as ca
-from backends.health import probe_http
-from controller.api import ServiceKey
+from converge.api import ServiceKey
+from converge.backends import container_args as ca
+from converge.backends.health import probe_http
 from tests.conftest import CLI
 from tests.docker.engine import TEST_IMAGE, Engine
 from tests.helpers import free_port, until

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from controller.api import ManagedService
-from controller.client import Client, WaitTimeout
+from converge.api import ManagedService
+from converge.client import Client, WaitTimeout
 from tests.conftest import _kill_leftovers
 from tests.helpers import gone, http_service
 

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from controller.api import ManagedService, ServiceKey
-from controller.filestore import FileStore
-from controller.selector import parse_selector
-from controller.store import AlreadyExists, Conflict, NotFound
+from converge.api import ManagedService, ServiceKey
+from converge.filestore import FileStore
+from converge.selector import parse_selector
+from converge.store import AlreadyExists, Conflict, NotFound
 
 
 def make(name: str, **labels: str) -> ManagedService:

@@ -21,12 +21,12 @@ from typing import Any
 import psutil
 import pytest
 
-from backends import terraform_runner
-from backends.base import Target
-from backends.errors import BackendUnavailable
-from backends.terraform import TerraformBackend
-from controller.api import ServiceKey
-from controller.api import TerraformBackend as TerraformSpec
+from converge.api import ServiceKey
+from converge.api import TerraformBackend as TerraformSpec
+from converge.backends import terraform_runner
+from converge.backends.base import Target
+from converge.backends.errors import BackendUnavailable
+from converge.backends.terraform import TerraformBackend
 
 RECIPES = Path(__file__).resolve().parent / "recipes"
 

@@ -17,10 +17,10 @@ from pathlib import Path
 import psutil
 import pytest
 
-from backends import terraform_runner
-from backends.base import Phase
-from backends.errors import BackendUnavailable, PermanentError, TemporaryError
-from backends.terraform import TerraformBackend
+from converge.backends import terraform_runner
+from converge.backends.base import Phase
+from converge.backends.errors import BackendUnavailable, PermanentError, TemporaryError
+from converge.backends.terraform import TerraformBackend
 
 from .conftest import MakeTarget, state_resources
 
@@ -318,9 +318,9 @@ def test_background_server_restarted_after_being_killed(backend: TerraformBacken
 _CONTROLLER = """
 import json, sys
 from pathlib import Path
-from backends.base import Target
-from backends.terraform import TerraformBackend
-from controller.api import ServiceKey, TerraformBackend as Spec
+from converge.backends.base import Target
+from converge.backends.terraform import TerraformBackend
+from converge.api import ServiceKey, TerraformBackend as Spec
 a = json.loads(sys.argv[1])
 t = Target(key=ServiceKey("default", "svc"), uid="u", config=Spec.model_validate(a["spec"]),
            spec_hash=a["hash"], runtime_dir=Path(a["runtime"]))

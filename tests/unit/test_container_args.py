@@ -1,4 +1,4 @@
-"""Unit tests of backends.container_args: spec -> name, labels, create kwargs. No I/O."""
+"""Unit tests of converge.backends.container_args: spec -> name, labels, create kwargs. No I/O."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from backends import container_args as ca
-from backends.base import Target
-from backends.errors import PermanentError
-from controller.api import ContainerBackend, ServiceKey
+from converge.api import ContainerBackend, ServiceKey
+from converge.backends import container_args as ca
+from converge.backends.base import Target
+from converge.backends.errors import PermanentError
 
 
 def target(port: int | None = 8080, host: str = "127.0.0.1", labels: dict[str, str] | None = None,
@@ -165,7 +165,7 @@ def _api_error(status: int, explanation: str) -> Exception:
      "BackendUnavailable", "BackendUnavailable"),
 ])
 def test_map_error(make: Any, kind: str, reason: str) -> None:
-    from backends.container import _map_error
+    from converge.backends.container import _map_error
 
     err = _map_error(make(), "provision default/web")
     assert type(err).__name__ == kind and err.reason == reason
@@ -173,7 +173,7 @@ def test_map_error(make: Any, kind: str, reason: str) -> None:
 
 
 def test_map_error_scrubs_secrets() -> None:
-    from backends.container import _map_error
+    from converge.backends.container import _map_error
 
     err = _map_error(_api_error(500, "bad env TOKEN=hunter22"), "provision x", ["hunter22"])
     assert "hunter22" not in err.message and "***" in err.message

@@ -7,12 +7,12 @@ from typing import Any
 
 import pytest
 
-from backends.base import Observation, Phase
-from backends.errors import BackendUnavailable, PermanentError, TemporaryError
-from backends.health import ProbeResult
-from controller import core
-from controller.api import ManagedService, State
-from controller.conditions import READY, RECONCILING, STALLED
+from converge import core
+from converge.api import ManagedService, State
+from converge.backends.base import Observation, Phase
+from converge.backends.errors import BackendUnavailable, PermanentError, TemporaryError
+from converge.backends.health import ProbeResult
+from converge.conditions import READY, RECONCILING, STALLED
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 HASH = "h1"

@@ -8,11 +8,11 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from controller.backoff import restart_delay
-from controller.conditions import READY, RECONCILING, STALLED, mark_progress, set_condition
-from controller.deps import find_cycle
-from controller.selector import SelectorError, parse_selector
-from controller.workqueue import WorkQueue
+from converge.backoff import restart_delay
+from converge.conditions import READY, RECONCILING, STALLED, mark_progress, set_condition
+from converge.deps import find_cycle
+from converge.selector import SelectorError, parse_selector
+from converge.workqueue import WorkQueue
 
 
 @pytest.mark.parametrize(("n", "want"), [(0, 0), (1, 0), (2, 1), (3, 2), (4, 4), (10, 10), (100, 10)])

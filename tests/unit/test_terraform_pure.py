@@ -1,4 +1,4 @@
-"""The pure parts of the Terraform backend (backends.terraform_cli): command lines, plan
+"""The pure parts of the Terraform backend (converge.backends.terraform_cli): command lines, plan
 output, error excerpts, lock info, state and outputs. No terraform, no I/O."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from backends import terraform_cli as cli
+from converge.backends import terraform_cli as cli
 
 # --------------------------------------------------------------------------- command lines
 
