@@ -8,6 +8,7 @@ the same port before their processes bind it.
 
 from __future__ import annotations
 
+import heapq
 import socket
 import threading
 import time
@@ -16,7 +17,8 @@ from converge.api import Endpoint
 from converge.backends.errors import TemporaryError
 
 _RESERVE_SECONDS = 30.0
-_reserved: dict[int, tuple[str, float]] = {}
+_reserved: dict[int, tuple[str, float]] = {}  # port -> (owner, reserved until)
+_expiry: list[tuple[float, int]] = []  # (until, port), oldest first: expired ones go in O(log N) each
 _mu = threading.Lock()
 
 
@@ -37,14 +39,21 @@ def _any_free(host: str) -> int:
 
 
 def _take(port: int, owner: str) -> bool:
+    """Reserve port for owner unless another owner holds it. Amortized O(log N): only the
+    reservations that expired are looked at (a heap by expiry), never all of them."""
     now = time.monotonic()
     with _mu:
-        for p, (_, until) in list(_reserved.items()):
-            if until < now:
+        while _expiry and _expiry[0][0] < now:
+            until, p = heapq.heappop(_expiry)
+            held = _reserved.get(p)
+            if held is not None and held[1] == until:  # not renewed since
                 del _reserved[p]
-        if port in _reserved and _reserved[port][0] != owner:
+        held = _reserved.get(port)
+        if held is not None and held[0] != owner:
             return False
-        _reserved[port] = (owner, now + _RESERVE_SECONDS)
+        until = now + _RESERVE_SECONDS
+        _reserved[port] = (owner, until)
+        heapq.heappush(_expiry, (until, port))
         return True
 
 
