@@ -5,6 +5,11 @@ costs a fraction of a full reconcile, so the runtime hands such keys here: each 
 probed every period, and only a failed probe sends the key back to the work queue, where
 the reconcile counts the failure and decides. Process exits and store changes still go
 straight to the queue; a periodic resync still re-observes everything.
+
+Probes run on a bounded pool of threads: one endpoint that accepts and never answers
+holds one thread for at most its probe's timeout, never the others' probes (a key is
+probed by one thread at a time). Only `concurrency` endpoints hung at once can delay
+the rest, and only by their timeout.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 from converge.api import ServiceKey
 from converge.reconciler import Probe
@@ -21,11 +27,13 @@ from converge.reconciler import Probe
 log = logging.getLogger("converge")
 
 BATCH_SECONDS = 0.25  # probes due this close together run in one wake-up
+CONCURRENCY = 16  # probes in flight at once
 
 
 class Prober:
-    def __init__(self, on_failure: Callable[[ServiceKey], None]) -> None:
+    def __init__(self, on_failure: Callable[[ServiceKey], None], concurrency: int = CONCURRENCY) -> None:
         self._on_failure = on_failure
+        self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="probe")
         self._cv = threading.Condition()
         self._tracked: dict[ServiceKey, tuple[Probe, float]] = {}  # key -> (probe, due)
         self._heap: list[tuple[float, int, ServiceKey]] = []
@@ -51,6 +59,7 @@ class Prober:
             self._closed = True
             self._cv.notify()
         self._thread.join(timeout=5)
+        self._pool.shutdown(wait=False, cancel_futures=True)  # a hung probe ends at its timeout
 
     def _next(self) -> tuple[ServiceKey, Probe] | None:
         with self._cv:
@@ -71,21 +80,27 @@ class Prober:
 
     def _loop(self) -> None:
         while (item := self._next()) is not None:
-            key, probe = item
             try:
-                ok = probe.run().ok
-            except Exception:  # a probe must never kill the prober
-                log.exception("%s: probe failed unexpectedly", key)
-                ok = False
-            with self._cv:
-                current = self._tracked.get(key)
-                if current is None or current[0] is not probe:
-                    continue  # re-tracked or dropped while probing
-                if ok:
-                    due = time.monotonic() + probe.period
-                    self._tracked[key] = (probe, due)
-                    self._seq += 1
-                    heapq.heappush(self._heap, (due, self._seq, key))
-                    continue
-                del self._tracked[key]
-            self._on_failure(key)
+                self._pool.submit(self._probe, *item)
+            except RuntimeError:  # shut down while closing
+                return
+
+    def _probe(self, key: ServiceKey, probe: Probe) -> None:
+        try:
+            ok = probe.run().ok
+        except Exception:  # a probe must never kill the prober
+            log.exception("%s: probe failed unexpectedly", key)
+            ok = False
+        with self._cv:
+            current = self._tracked.get(key)
+            if current is None or current[0] is not probe:
+                return  # re-tracked or dropped while probing
+            if ok:
+                due = time.monotonic() + probe.period
+                self._tracked[key] = (probe, due)
+                self._seq += 1
+                heapq.heappush(self._heap, (due, self._seq, key))
+                self._cv.notify()
+                return
+            del self._tracked[key]
+        self._on_failure(key)

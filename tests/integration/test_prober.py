@@ -1,0 +1,69 @@
+"""The prober against real sockets: endpoints that accept and never answer must not
+starve the other services' probes."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from converge.api import HealthCheck, ServiceKey
+from converge.prober import Prober
+from converge.reconciler import Probe
+
+
+class Counting:
+    """An HTTP endpoint on 127.0.0.1 answering 200 and counting the requests."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        self.hits = 0
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                conn.recv(1024)
+                conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n")
+            self.hits += 1
+
+
+@pytest.fixture
+def hung() -> Iterator[list[int]]:
+    """Ten listening sockets that never accept: connects succeed, requests hang."""
+    socks = []
+    for _ in range(10):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        s.listen(64)
+        socks.append(s)
+    yield [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+
+
+def test_hung_endpoints_do_not_starve_other_probes(hung: list[int]) -> None:
+    check = HealthCheck.model_validate({"http": {"path": "/healthz", "timeoutSeconds": 5}, "periodSeconds": 0.2})
+    failed: list[ServiceKey] = []
+    prober = Prober(failed.append)
+    ok = Counting()
+    try:
+        for i, port in enumerate(hung):
+            prober.track(ServiceKey("default", f"hung-{i}"), Probe(check, "http", "127.0.0.1", port, 0.2))
+        prober.track(ServiceKey("default", "ok"), Probe(check, "http", "127.0.0.1", ok.port, 0.2))
+        time.sleep(2.0)  # the hung probes are all in flight for 5 s
+        assert failed == []
+        assert ok.hits >= 4, f"the healthy endpoint was probed {ok.hits} times in 2 s (period 0.2 s)"
+    finally:
+        prober.close()
+        ok.sock.close()
