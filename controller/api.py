@@ -33,6 +33,12 @@ class Model(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=False)
 
 
+def cel(rule: str, message: str) -> ConfigDict:
+    """A model's cross-field rule, said in CEL for the CRD (x-kubernetes-validations, checked by
+    the API server) next to the model_validator that checks it here; same message in both."""
+    return ConfigDict(json_schema_extra={"x-kubernetes-validations": [{"rule": rule, "message": message}]})
+
+
 def _dns_label(value: str, what: str) -> str:
     if len(value) > 63 or not DNS1123_LABEL.match(value):
         raise ValueError(
@@ -81,20 +87,27 @@ class ObjectMeta(Model):
 # --------------------------------------------------------------------------- env
 
 
+ONE_VALUE_FROM = "valueFrom needs exactly one of 'file' or 'env'"
+VALUE_XOR_VALUE_FROM = "set either 'value' or 'valueFrom', not both"
+
+
 class ValueFrom(Model):
     """Where a secret value comes from. The value itself never reaches status or logs."""
 
+    model_config = cel("has(self.file) != has(self.env)", ONE_VALUE_FROM)
     file: str | None = Field(default=None, description="Read the value from this file.")
     env: str | None = Field(default=None, description="Read the value from the controller's environment.")
 
     @model_validator(mode="after")
     def _one(self) -> ValueFrom:
         if (self.file is None) == (self.env is None):
-            raise ValueError("valueFrom needs exactly one of 'file' or 'env'")
+            raise ValueError(ONE_VALUE_FROM)
         return self
 
 
 class EnvVar(Model):
+    model_config = cel("!has(self.value) || !has(self.valueFrom)", VALUE_XOR_VALUE_FROM)
+
     name: str
     value: str | None = None
     valueFrom: ValueFrom | None = None
@@ -109,7 +122,7 @@ class EnvVar(Model):
     @model_validator(mode="after")
     def _one(self) -> EnvVar:
         if self.value is not None and self.valueFrom is not None:
-            raise ValueError("set either 'value' or 'valueFrom', not both")
+            raise ValueError(VALUE_XOR_VALUE_FROM)
         return self
 
 
@@ -201,7 +214,10 @@ BACKEND_KINDS = ("daemon", "container", "terraform", "kubernetes")
 class Backend(Model):
     """Exactly one of the fields is set."""
 
-    model_config = ConfigDict(extra="allow", populate_by_name=True)
+    # extra: third-party backends (entry points); the CRD keeps their fields as they are and
+    # counts the fields to say "exactly one"
+    model_config = ConfigDict(extra="allow", populate_by_name=True,
+                              json_schema_extra={"minProperties": 1, "maxProperties": 1})
 
     daemon: DaemonBackend | None = None
     container: ContainerBackend | None = None
@@ -244,7 +260,16 @@ class TcpCheck(Model):
     timeoutSeconds: float = Field(default=2.0, gt=0, le=60)
 
 
+ONE_CHECK = "healthCheck needs exactly one of 'http' or 'tcp'"
+PORT_OR_ALLOCATE = "endpoint needs a 'port', or 'allocatePort: true'"
+BACKOFF_ORDER = "maxBackoffSeconds must be >= backoffSeconds"
+TERRAFORM_NOT_SUSPENDED = ("adminState 'suspended' is not meaningful for the terraform backend: "
+                           "use 'inactive' to destroy or 'active' to apply")
+
+
 class HealthCheck(Model):
+    model_config = cel("has(self.http) != has(self.tcp)", ONE_CHECK)
+
     http: HttpCheck | None = None
     tcp: TcpCheck | None = None
     periodSeconds: float = Field(default=10.0, gt=0, description="Probe interval once healthy.")
@@ -254,11 +279,13 @@ class HealthCheck(Model):
     @model_validator(mode="after")
     def _one(self) -> HealthCheck:
         if (self.http is None) == (self.tcp is None):
-            raise ValueError("healthCheck needs exactly one of 'http' or 'tcp'")
+            raise ValueError(ONE_CHECK)
         return self
 
 
 class Endpoint(Model):
+    model_config = cel("has(self.port) || (has(self.allocatePort) && self.allocatePort)", PORT_OR_ALLOCATE)
+
     protocol: Literal["tcp", "http", "https"] = "http"
     host: str = "127.0.0.1"
     port: Port | None = Field(default=None, description="Preferred port.")
@@ -268,11 +295,13 @@ class Endpoint(Model):
     @model_validator(mode="after")
     def _port(self) -> Endpoint:
         if self.port is None and not self.allocatePort:
-            raise ValueError("endpoint needs a 'port', or 'allocatePort: true'")
+            raise ValueError(PORT_OR_ALLOCATE)
         return self
 
 
 class RestartPolicy(Model):
+    model_config = cel("self.maxBackoffSeconds >= self.backoffSeconds", BACKOFF_ORDER)
+
     backoffSeconds: float = Field(default=1.0, gt=0, le=3600)
     maxBackoffSeconds: float = Field(default=300.0, gt=0, le=86400)
     resetAfterSeconds: float = Field(default=60.0, gt=0, description="Healthy this long resets the backoff.")
@@ -280,7 +309,7 @@ class RestartPolicy(Model):
     @model_validator(mode="after")
     def _order(self) -> RestartPolicy:
         if self.maxBackoffSeconds < self.backoffSeconds:
-            raise ValueError("maxBackoffSeconds must be >= backoffSeconds")
+            raise ValueError(BACKOFF_ORDER)
         return self
 
 
@@ -291,8 +320,10 @@ class AdminState(StrEnum):
 
 
 class ManagedServiceSpec(Model):
+    model_config = cel("!has(self.backend.terraform) || self.adminState != 'suspended'", TERRAFORM_NOT_SUSPENDED)
+
     adminState: AdminState = AdminState.active
-    dependsOn: list[str] = Field(default_factory=list)
+    dependsOn: list[str] = Field(default_factory=list, json_schema_extra={"x-kubernetes-list-type": "set"})
     backend: Backend
     endpoint: Endpoint | None = None
     restartPolicy: RestartPolicy = Field(default_factory=RestartPolicy)
@@ -309,10 +340,7 @@ class ManagedServiceSpec(Model):
     @model_validator(mode="after")
     def _backend_rules(self) -> ManagedServiceSpec:
         if self.backend.terraform is not None and self.adminState == AdminState.suspended:
-            raise ValueError(
-                "adminState 'suspended' is not meaningful for the terraform backend: "
-                "use 'inactive' to destroy or 'active' to apply"
-            )
+            raise ValueError(TERRAFORM_NOT_SUSPENDED)
         return self
 
 
@@ -358,6 +386,7 @@ class ManagedServiceStatus(Model):
     startedAt: datetime | None = None
     healthFailures: int = 0
     specHash: str | None = Field(default=None, description="Hash of the spec the backend runs.")
+    backendKind: str | None = Field(default=None, description="The backend in use (spec.backend's one key).")
     endpoint: EndpointStatus | None = None
     backend: dict[str, Any] = Field(default_factory=dict)
     conditions: list[Condition] = Field(default_factory=list)

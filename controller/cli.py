@@ -291,6 +291,14 @@ def run(c: Ctx, workers: int, resync: str) -> None:
         rt.run(stop)
 
 
+@cli.command()
+def crds() -> None:
+    """Print the CustomResourceDefinitions (YAML, for kubectl apply -f -)."""
+    from converge.crd import crd_yaml
+
+    click.echo(crd_yaml(), nl=False)
+
+
 def main() -> None:
     cli(prog_name="converge")
 

@@ -138,6 +138,7 @@ def plan(svc: ManagedService, observed: Observed, now: datetime) -> Plan:
     gen = svc.metadata.generation
     st.observedGeneration = gen
     spec = svc.spec
+    st.backendKind = spec.backend.kind  # a printer column of the CRD
 
     if observed.error is not None:
         return _unobservable(st, observed.error, now, gen)

@@ -1,0 +1,143 @@
+"""The CRD generator: pure, generic over the models, and its output is a structural schema."""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from typing import Any, Literal
+
+import pytest
+from pydantic import BaseModel, ConfigDict, Field
+
+from converge import api
+from converge.api import Model
+from converge.crd import NAME, SchemaError, crd, crd_yaml, model_schema, openapi_schema, structural
+
+CRD_FILE = Path(__file__).resolve().parents[2] / "crds" / f"{NAME}.yaml"
+
+
+def nodes(schema: dict[str, Any], path: str = "") -> list[tuple[str, dict[str, Any]]]:
+    """Every schema node with its path."""
+    out = [(path, schema)]
+    for k, v in schema.get("properties", {}).items():
+        out += nodes(v, f"{path}.{k}")
+    if isinstance(schema.get("items"), dict):
+        out += nodes(schema["items"], f"{path}[]")
+    if isinstance(schema.get("additionalProperties"), dict):
+        out += nodes(schema["additionalProperties"], f"{path}.*")
+    return out
+
+
+def test_committed_crd_is_current() -> None:
+    assert CRD_FILE.read_text() == crd_yaml(), "crds/ is stale: run `make crds`"
+
+
+def test_schema_is_structural() -> None:
+    forbidden = {"$ref", "$defs", "anyOf", "allOf", "oneOf", "not", "title", "const", "uniqueItems"}
+    for path, node in nodes(openapi_schema()):
+        assert node.get("type") or node.get("x-kubernetes-preserve-unknown-fields"), f"{path}: no type"
+        assert not forbidden & set(node), f"{path}: {forbidden & set(node)}"
+        assert not ("properties" in node and "additionalProperties" in node), path
+        assert not isinstance(node.get("additionalProperties"), bool), path
+        if "x-kubernetes-validations" in node or "properties" in node:
+            assert node["type"] == "object", path
+        for name in node.get("required", []):
+            assert name in node["properties"], f"{path}: required {name} is not a property"
+
+
+def test_free_form_only_where_values_are_free_form() -> None:
+    free = {p for p, n in nodes(openapi_schema()) if n.get("x-kubernetes-preserve-unknown-fields")}
+    assert free == {".spec.backend", ".spec.backend.terraform.variables", ".status.backend"}
+
+
+def test_every_cross_field_validator_has_a_rule_in_the_crd() -> None:
+    """A model_validator without its CEL rule (or schema equivalent) would let the API server
+    accept what local validation rejects."""
+    models = [m for _, m in inspect.getmembers(api, inspect.isclass) if issubclass(m, Model) and m is not Model]
+    for m in models:
+        if m.__pydantic_decorators__.model_validators:
+            schema = m.model_json_schema()
+            assert "x-kubernetes-validations" in schema or "maxProperties" in schema, m.__name__
+
+
+def test_crd_names_columns_and_subresource() -> None:
+    spec = crd()["spec"]
+    assert spec["names"]["shortNames"] == ["msvc"] and spec["names"]["categories"] == ["converge"]
+    assert spec["names"]["plural"] == "managedservices" and spec["scope"] == "Namespaced"
+    (version,) = spec["versions"]
+    assert version["subresources"] == {"status": {}}
+    cols = {c["name"].upper(): c for c in version["additionalPrinterColumns"]}
+    assert list(cols) == ["STATE", "READY", "BACKEND", "ENDPOINT", "RESTARTS", "AGE", "REASON"]
+    assert [c.get("priority", 0) for c in cols.values()] == [0, 0, 0, 0, 0, 0, 1]
+    status = version["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"]
+    for col in cols.values():  # every column's field exists in the schema
+        parts = col["jsonPath"].split("[")[0].strip(".").split(".")
+        if parts[0] == "status":
+            node: dict[str, Any] = {"properties": status}
+            for part in parts[1:]:
+                assert part in node["properties"], col
+                node = node["properties"][part]
+
+
+# --------------------------------------------------------------------------- the conversion, on small models
+
+
+class Inner(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    x: int = Field(ge=1)
+
+
+class Sample(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"x-kubernetes-validations": [{"rule": "true"}]})
+
+    inner: Inner
+    maybe: Inner | None = None
+    nullable: int | None = 5
+    labels: dict[str, str] = Field(default_factory=dict)
+    anything: dict[str, Any] = Field(default_factory=dict)
+    value: Any = None
+    ratio: float = Field(default=1.0, gt=0, lt=2)
+    mode: Literal["fixed"] = "fixed"
+    tags: list[str] = Field(default_factory=list, max_length=8)
+
+
+def test_conversion_of_each_construct() -> None:
+    s = model_schema(Sample, "sample")
+    p = s["properties"]
+    assert s["type"] == "object" and s["required"] == ["inner"] and s["x-kubernetes-validations"] == [{"rule": "true"}]
+    assert p["inner"] == {"type": "object", "required": ["x"], "properties": {"x": {"type": "integer", "minimum": 1}}}
+    assert p["maybe"] == p["inner"]  # Optional with None default: a plain optional field
+    assert p["nullable"] == {"type": "integer", "default": 5, "nullable": True}  # null differs from unset
+    assert p["labels"] == {"type": "object", "additionalProperties": {"type": "string"}}
+    assert p["anything"] == {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+    assert p["value"] == {"x-kubernetes-preserve-unknown-fields": True}
+    assert p["ratio"] == {"type": "number", "default": 1.0, "minimum": 0, "exclusiveMinimum": True,
+                          "maximum": 2, "exclusiveMaximum": True}
+    assert p["mode"] == {"type": "string", "enum": ["fixed"], "default": "fixed"}
+    assert p["tags"] == {"type": "array", "maxItems": 8, "items": {"type": "string"}}
+
+
+def test_extra_allowed_keeps_unknown_fields() -> None:
+    class Open(BaseModel):
+        model_config = ConfigDict(extra="allow")
+        a: str | None = None
+
+    assert model_schema(Open, "open") == {"type": "object", "properties": {"a": {"type": "string"}},
+                                          "x-kubernetes-preserve-unknown-fields": True}
+
+
+def test_unique_items_become_a_set() -> None:
+    class Tags(BaseModel):
+        tags: set[str]
+
+    assert model_schema(Tags, "t")["properties"]["tags"]["x-kubernetes-list-type"] == "set"
+
+
+@pytest.mark.parametrize(("node", "message"), [
+    ({"anyOf": [{"type": "integer"}, {"type": "string"}]}, "union"),
+    ({"type": "string", "contentEncoding": "base64"}, "contentEncoding"),
+    ({"$ref": "#/definitions/X"}, r"unsupported \$ref"),
+])
+def test_what_a_structural_schema_cannot_say_is_an_error(node: dict[str, Any], message: str) -> None:
+    with pytest.raises(SchemaError, match=message):
+        structural(node, {}, "f")
