@@ -55,7 +55,12 @@ def format_validation_error(exc: ValidationError, prefix: str = "") -> str:
     """`field.path: message` lines, the way users name fields."""
     lines = []
     for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-"))
+        loc = ""  # kubectl's spelling: spec.backend.daemon.env[0].name
+        for p in err["loc"]:
+            if isinstance(p, int):
+                loc += f"[{p}]"
+            elif not p.startswith("function-"):
+                loc += f".{p}" if loc else p
         msg = err["msg"].removeprefix("Value error, ")
         lines.append(f"{prefix}{loc}: {msg}" if loc else f"{prefix}{msg}")
     return "; ".join(lines)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 import sys
 import time
@@ -78,3 +79,24 @@ def gone(pid: int) -> bool:
         return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return True
+
+
+CASES = Path(__file__).resolve().parent / "cases"
+
+
+def invalid_manifests() -> list[tuple[str, str, dict[str, Any]]]:
+    """(case, field, manifest) of tests/cases/invalid_manifests.yaml: one table, two tests."""
+    out = []
+    for c in yaml.safe_load((CASES / "invalid_manifests.yaml").read_text()):
+        manifest: dict[str, Any] = {"apiVersion": "converge.dev/v1alpha1", "kind": "ManagedService",
+                                    "metadata": c.get("metadata", {"name": c["case"]})}
+        if "spec" in c:
+            manifest["spec"] = c["spec"]
+        out.append((c["case"], c["field"], manifest))
+    return out
+
+
+def names_field(text: str, field: str) -> bool:
+    """The error text names this field path itself (or an item of it), not only a parent or
+    another child: `spec.endpoint` is named by `spec.endpoint: ...`, not `spec.endpoint.port: ...`."""
+    return re.search(rf'(?<![\w.\[]){re.escape(field)}(?=[:\["\s]|$)', text, re.MULTILINE) is not None
