@@ -117,7 +117,11 @@ def structural(node: dict[str, Any], defs: dict[str, Any], path: str = "") -> di
             if value is True or value == {}:
                 out["x-kubernetes-preserve-unknown-fields"] = True
             elif isinstance(value, dict):
-                out[key] = structural(value, defs, f"{path}.*")
+                values = structural(value, defs, f"{path}.*")
+                if values == {"x-kubernetes-preserve-unknown-fields": True}:  # a map of anything
+                    out["x-kubernetes-preserve-unknown-fields"] = True
+                else:
+                    out[key] = values
             # False: the default of a structural schema (unknown fields are pruned, or
             # rejected under strict field validation, which kubectl uses)
         elif key in _KEEP or key.startswith("x-kubernetes-"):
