@@ -95,7 +95,7 @@ class Sample(BaseModel):
     nullable: int | None = 5
     labels: dict[str, str] = Field(default_factory=dict)
     anything: dict[str, Any] = Field(default_factory=dict)
-    json: dict[str, JsonValue] = Field(default_factory=dict)
+    jsons: dict[str, JsonValue] = Field(default_factory=dict)
     value: Any = None
     ratio: float = Field(default=1.0, gt=0, lt=2)
     mode: Literal["fixed"] = "fixed"
@@ -111,7 +111,7 @@ def test_conversion_of_each_construct() -> None:
     assert p["nullable"] == {"type": "integer", "default": 5, "nullable": True}  # null differs from unset
     assert p["labels"] == {"type": "object", "additionalProperties": {"type": "string"}}
     assert p["anything"] == {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
-    assert p["json"] == p["anything"]
+    assert p["jsons"] == p["anything"]
     assert p["value"] == {"x-kubernetes-preserve-unknown-fields": True}
     assert p["ratio"] == {"type": "number", "default": 1.0, "minimum": 0, "exclusiveMinimum": True,
                           "maximum": 2, "exclusiveMaximum": True}
