@@ -56,3 +56,19 @@ def test_local_apply_rejects_invalid_manifest(rejected: tuple[CLI, dict[str, lis
     where = f'error: {cli.cwd / case}.yaml: ManagedService "{manifest["metadata"]["name"]}" (document 1): '
     assert lines[case][0].startswith(where), lines[case]  # one line naming file and object ...
     assert names_field(lines[case][0].removeprefix(where), field), f"{field} not named in {lines[case]}"
+
+
+def test_table_exercises_every_cel_rule(rejected: tuple[CLI, dict[str, list[str]]]) -> None:
+    """Each cross-field rule (a model_validator here, a CEL rule in the CRD) has a case, so the
+    cluster test checks the API server enforces it too."""
+    from converge.crd import openapi_schema
+
+    def messages(node: Any) -> list[str]:
+        if isinstance(node, dict):
+            own = [r["message"] for r in node.get("x-kubernetes-validations", [])]
+            return own + [m for v in node.values() for m in messages(v)]
+        return [m for v in node for m in messages(v)] if isinstance(node, list) else []
+
+    said = "\n".join(line for lines in rejected[1].values() for line in lines)
+    for message in messages(openapi_schema()):
+        assert message in said, f"no case of the table breaks the rule: {message}"
