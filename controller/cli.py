@@ -1,8 +1,13 @@
 """The `converge` command line: kubectl-shaped, a thin layer over converge.client.
 
 Exit codes: 0 success; 1 the command failed (invalid manifest, not found, timed out,
-not converged); 2 bad usage. Errors go to stderr, one per line, naming file, object and
-field; nothing is written when any input is invalid.
+not converged; `diff`: there are differences); 2 bad usage (`diff`: also any error, as
+`kubectl diff`). Errors go to stderr, one per line, naming file, object and field;
+nothing is written when any input is invalid.
+
+Global flags (`--store`, `-n`, `-v`, `--kubeconfig`, `--context`) work before or after
+the subcommand, as kubectl's do. Imports of converge's modules stay inside the
+functions that need them, so `converge --help` and completion start fast.
 """
 
 from __future__ import annotations
@@ -12,22 +17,24 @@ import re
 import signal
 import sys
 import threading
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from functools import wraps
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 
-from converge import printers
-from converge.client import Client, WaitTimeout
-from converge.manifest import ManifestError
-from converge.reconciler import Outcome
-from converge.selector import SelectorError, parse_selector
-from converge.store import Conflict, NotFound, StoreError
+if TYPE_CHECKING:
+    from converge.api import ManagedService, ServiceKey
+    from converge.client import Client
+    from converge.reconciler import Outcome
+    from converge.waiting import WaitFor
 
 F = TypeVar("F", bound=Callable[..., Any])
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+OUTPUTS = "wide|yaml|json|name|custom-columns=HEADER:PATH,..."
 
 
 def parse_duration(text: str) -> float:
@@ -38,9 +45,42 @@ def parse_duration(text: str) -> float:
     return value * {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[unit]
 
 
-def fail(message: str) -> NoReturn:
+def fail(message: str, code: int = 1) -> NoReturn:
     click.echo(f"error: {message}", err=True)
-    sys.exit(1)
+    sys.exit(code)
+
+
+class ClusterModeUnavailable(Exception):
+    pass
+
+
+def make_client(store: str | None, kubeconfig: str | None = None, context: str | None = None) -> Client:
+    """The one place a command's Client is built: the file store, or (later) a cluster."""
+    if kubeconfig is not None or context is not None:
+        raise ClusterModeUnavailable(
+            "cluster mode (--kubeconfig/--context) is not available yet in this version; "
+            "leave them out to use the local file store (--store)")
+    from converge.client import Client
+
+    return Client.local(store)
+
+
+def _error_exit(exc: Exception, code: int = 1) -> NoReturn:
+    """Known errors as one line each; anything else propagates (a bug: show the traceback)."""
+    from converge.client import NotStarted, WaitTimeout
+    from converge.manifest import ManifestError
+    from converge.selector import SelectorError
+    from converge.store import NotFound, StoreError
+
+    if isinstance(exc, ManifestError):
+        for p in exc.problems:
+            click.echo(f"error: {p}", err=True)
+        fail("nothing was applied", code)
+    if isinstance(exc, NotFound):
+        fail(f"managedservice {exc} not found", code)
+    if isinstance(exc, StoreError | SelectorError | WaitTimeout | NotStarted | ClusterModeUnavailable):
+        fail(str(exc), code)
+    raise exc
 
 
 def handle_errors(fn: F) -> F:
@@ -48,52 +88,155 @@ def handle_errors(fn: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except ManifestError as exc:
-            for p in exc.problems:
-                click.echo(f"error: {p}", err=True)
-            click.echo("error: nothing was applied", err=True)
-            sys.exit(1)
-        except NotFound as exc:
-            fail(f"managedservice {exc} not found")
-        except (Conflict, StoreError, SelectorError, WaitTimeout) as exc:
-            fail(str(exc))
+        except click.ClickException:
+            raise
+        except Exception as exc:  # known ones become one line and exit 1
+            _error_exit(exc)
     return wrapper  # type: ignore[return-value]
 
 
+# ---------------------------------------------------------------------------- globals
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S",
+                        stream=sys.stderr)
+    logging.getLogger().setLevel(logging.DEBUG if verbose else logging.INFO)
+    for noisy in ("urllib3", "docker", "kubernetes"):  # libraries' wire-level debug lines
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+@dataclass
 class Ctx:
-    def __init__(self, store: str | None, namespace: str | None) -> None:
-        self.store_path = store
-        self.namespace = namespace
-        self._client: Client | None = None
+    store_path: str | None = None
+    namespace: str | None = None
+    verbose: bool = False
+    kubeconfig: str | None = None
+    context: str | None = None
+    _client: Client | None = None
 
     @property
     def client(self) -> Client:
         if self._client is None:
-            self._client = Client.local(self.store_path)
+            self._client = make_client(self.store_path, self.kubeconfig, self.context)
         return self._client
 
     @property
     def ns(self) -> str:
         return self.namespace or "default"
 
+    def key(self, name: str) -> ServiceKey:
+        from converge.api import ServiceKey
 
-pass_ctx = click.make_pass_decorator(Ctx)
+        return ServiceKey(self.ns, name)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--store", envvar="CONVERGE_STORE", default=None, metavar="DIR",
-              help="File store root (env CONVERGE_STORE, default ./.converge).")
-@click.option("-n", "--namespace", default=None, help="Namespace (default: default).")
-@click.option("-v", "--verbose", is_flag=True, help="Log every reconcile step.")
+def _set_global(attr: str) -> Callable[[click.Context, click.Parameter, Any], None]:
+    def callback(ctx: click.Context, _param: click.Parameter, value: Any) -> None:
+        if value is None or value is False or ctx.resilient_parsing:
+            return
+        obj = ctx.find_object(Ctx)
+        if obj is None:
+            obj = ctx.ensure_object(Ctx)
+        setattr(obj, attr, value)
+        if attr == "verbose":
+            _setup_logging(True)
+    return callback
+
+
+def global_options(envvars: bool) -> Callable[[F], F]:
+    """The same flags on the group and on every subcommand (either position works)."""
+    opts = [
+        click.option("--store", envvar="CONVERGE_STORE" if envvars else None, default=None, metavar="DIR",
+                     expose_value=False, is_eager=True, callback=_set_global("store_path"),
+                     help="File store root (env CONVERGE_STORE, default ./.converge)."),
+        click.option("-n", "--namespace", default=None, expose_value=False, is_eager=True,
+                     callback=_set_global("namespace"), help="Namespace (default: default)."),
+        click.option("-v", "--verbose", is_flag=True, default=None, expose_value=False, is_eager=True,
+                     callback=_set_global("verbose"), help="Log every reconcile step."),
+        click.option("--kubeconfig", default=None, metavar="FILE", expose_value=False, is_eager=True,
+                     callback=_set_global("kubeconfig"), help="Use a cluster (not available yet)."),
+        click.option("--context", default=None, metavar="NAME", expose_value=False, is_eager=True,
+                     callback=_set_global("context"), help="The kubeconfig context (with --kubeconfig)."),
+    ]
+
+    def deco(f: F) -> F:
+        # A decorated function collects options last-first; a Command appends them.
+        for o in opts if isinstance(f, click.Command) else reversed(opts):
+            f = o(f)
+        return f
+    return deco
+
+
+class Group(click.Group):
+    """Every subcommand also takes the global flags."""
+
+    def add_command(self, cmd: click.Command, name: str | None = None) -> None:
+        global_options(envvars=False)(cmd)
+        super().add_command(cmd, name)
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
+@global_options(envvars=True)
 @click.version_option(package_name="converge")
 @click.pass_context
-def cli(ctx: click.Context, store: str | None, namespace: str | None, verbose: bool) -> None:
-    """converge: keep services in the state their owners declared."""
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
-    for noisy in ("urllib3", "docker", "kubernetes"):  # libraries' wire-level debug lines
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    ctx.obj = Ctx(store, namespace)
+def cli(ctx: click.Context) -> None:
+    """converge: keep services in the state their owners declared.
+
+    Global flags work before or after the command.
+
+    \b
+    Shell completion (commands, flags, service names):
+      bash: eval "$(_CONVERGE_COMPLETE=bash_source converge)"
+      zsh:  eval "$(_CONVERGE_COMPLETE=zsh_source converge)"
+      fish: _CONVERGE_COMPLETE=fish_source converge | source
+    """
+    obj = ctx.ensure_object(Ctx)
+    _setup_logging(obj.verbose)
+
+
+pass_ctx = click.make_pass_decorator(Ctx, ensure=True)
+
+
+def _complete_names(ctx: click.Context, _param: click.Parameter, incomplete: str) -> list[str]:
+    """Service names for shell completion (the store of the flags or CONVERGE_STORE)."""
+    try:
+        import os
+
+        root = ctx.find_root()
+        store = root.params.get("store") or os.environ.get("CONVERGE_STORE")
+        from converge.filestore import FileStore
+
+        return sorted(n for o in FileStore(store).list().items if (n := o.metadata.name).startswith(incomplete))
+    except Exception:  # completion never fails loudly
+        return []
+
+
+def names_argument(required: bool = False) -> Callable[[F], F]:
+    return click.argument("names", nargs=-1, required=required, metavar="NAME..." if required else "[NAME]...",
+                          shell_complete=_complete_names)
+
+
+# ---------------------------------------------------------------------------- selecting
+
+
+def _selected_keys(c: Ctx, names: tuple[str, ...], selector: str | None, all_: bool,
+                   files: tuple[str, ...] | None = None) -> list[ServiceKey]:
+    """Exactly one way of choosing: NAME..., -l, --all (or -f, where files is not None)."""
+    ways = [bool(names), selector is not None, all_, bool(files)]
+    choices = "NAME..., -l SELECTOR, --all" + (" or -f FILE" if files is not None else "")
+    if sum(ways) != 1:
+        raise click.UsageError(("give one of " if sum(ways) == 0 else "give only one of ") + choices)
+    if names:
+        return [c.key(n) for n in names]
+    if files:
+        objs = c.client.load(*files)
+        from converge.api import ServiceKey
+
+        return [ServiceKey(c.namespace or o.metadata.namespace, o.metadata.name) for o in objs]
+    from converge.selector import parse_selector
+
+    return [o.key for o in c.client.store.list(c.ns, parse_selector(selector or "")).items]
 
 
 def _report(outcomes: dict[Any, Outcome], verb: str) -> None:
@@ -106,6 +249,9 @@ def _report(outcomes: dict[Any, Outcome], verb: str) -> None:
     if bad or any(o.error for o in outcomes.values()):
         sys.exit(1)
     click.echo(f"{len(outcomes)} service(s) {verb}")
+
+
+# ---------------------------------------------------------------------------- desired state
 
 
 @cli.command()
@@ -124,92 +270,238 @@ def apply(c: Ctx, files: tuple[str, ...], dry_run: bool) -> None:
 
 
 @cli.command()
-@click.argument("names", nargs=-1)
-@click.option("-l", "--selector", default=None, help="Label selector, e.g. stack=demo,tier!=db")
-@click.option("-o", "--output", type=click.Choice(["wide", "yaml", "json", "name"]), default=None)
-@click.option("-A", "--all-namespaces", is_flag=True)
+@click.option("-f", "--filename", "files", multiple=True, required=True, metavar="FILE|DIR|-")
 @pass_ctx
-@handle_errors
-def get(c: Ctx, names: tuple[str, ...], selector: str | None, output: str | None, all_namespaces: bool) -> None:
-    """List services (or show the named ones)."""
-    if names:
-        items = [c.client.get(n, c.ns) for n in names]
-        errors = []
-    else:
-        listed = c.client.store.list(None if all_namespaces else c.ns, parse_selector(selector))
-        items, errors = listed.items, listed.errors
-    for e in errors:
-        click.echo(f"warning: {e}", err=True)
-    if output in ("yaml", "json"):
-        click.echo(printers.dump(items, output, single=len(names) == 1))
-    elif output == "name":
-        for s in items:
-            click.echo(f"managedservice/{s.metadata.name}")
-    elif not items:
-        click.echo(f"No resources found in {c.ns} namespace." if not all_namespaces else "No resources found.",
-                   err=True)
-    else:
-        click.echo(printers.table(items, wide=output == "wide", namespaces=all_namespaces))
+def diff(c: Ctx, files: tuple[str, ...]) -> None:
+    """What `apply -f` would change: a unified diff of labels and spec, live against the
+    manifests. Exit 0: no differences; 1: differences; 2: an error (as `kubectl diff`)."""
+    from converge.specdiff import diff_objects
+    from converge.store import NotFound
 
-
-@cli.command()
-@click.argument("name")
-@pass_ctx
-@handle_errors
-def describe(c: Ctx, name: str) -> None:
-    """Spec, status, conditions, endpoint, backend details and the last error of a service."""
-    click.echo(printers.describe(c.client.get(name, c.ns)))
-
-
-@cli.command()
-@click.argument("names", nargs=-1, required=True)
-@click.option("--force", is_flag=True, help="Forget the service even if deprovisioning does not finish.")
-@click.option("--timeout", default="60s", help="How long to wait for deprovisioning.")
-@pass_ctx
-@handle_errors
-def delete(c: Ctx, names: tuple[str, ...], force: bool, timeout: str) -> None:
-    """Deprovision services, then forget them."""
-    failed = False
-    for name in names:
-        o = c.client.delete(name, c.ns, force=force, timeout=parse_duration(timeout))
-        if o.gone:
-            click.echo(f"managedservice/{name} deleted" + (f" ({o.message})" if force and o.message else ""))
-        else:
-            failed = True
-            click.echo(f"error: managedservice/{name} not deleted: {o.state}: {o.message} "
-                       "(retry, or --force to forget it anyway)", err=True)
-    if failed:
+    try:
+        objs = c.client.load_for_apply(*files)
+        if c.namespace:
+            for o in objs:
+                o.metadata.namespace = c.namespace
+        out = []
+        for o in objs:
+            try:
+                live: ManagedService | None = c.client.store.get(o.key)
+            except NotFound:
+                live = None
+            out.append(diff_objects(live, o))
+    except click.ClickException:
+        raise
+    except Exception as exc:
+        _error_exit(exc, code=2)
+    text = "".join(out)
+    if text:
+        click.echo(text, nl=False)
         sys.exit(1)
 
 
+# ---------------------------------------------------------------------------- reading
+
+
+def _parse_output(output: str | None) -> tuple[str | None, Any]:
+    if output is None or output in ("wide", "yaml", "json", "name"):
+        return output, None
+    kind, _, arg = output.partition("=")
+    if kind == "custom-columns" and arg:
+        from converge.columns import BadColumns, parse_columns
+
+        try:
+            return "custom-columns", parse_columns(arg)
+        except BadColumns as exc:
+            raise click.BadParameter(str(exc), param_hint="'-o'") from None
+    raise click.BadParameter(f"{output!r}: use one of {OUTPUTS}", param_hint="'-o'")
+
+
+def _render(items: list[ManagedService], fmt: str | None, columns: Any, single: bool, namespaces: bool,
+            header: bool = True) -> str:
+    from converge import printers
+
+    if fmt in ("yaml", "json"):
+        return printers.dump(items, fmt, single=single)
+    if fmt == "name":
+        return "\n".join(f"managedservice/{s.metadata.name}" for s in items)
+    if fmt == "custom-columns":
+        from converge.columns import render
+
+        return render(columns, [s.dump() for s in items], header=header)
+    return printers.table(items, wide=fmt == "wide", namespaces=namespaces, header=header)
+
+
 @cli.command()
-@click.argument("name")
-@click.option("-f", "--follow", is_flag=True)
-@click.option("--tail", type=int, default=None, help="Lines from the end (default: all).")
+@names_argument()
+@click.option("-l", "--selector", default=None, help="Label selector, e.g. stack=demo,tier!=db")
+@click.option("-o", "--output", default=None, metavar="FORMAT", help=f"One of {OUTPUTS}.")
+@click.option("-A", "--all-namespaces", is_flag=True, help="List in every namespace.")
+@click.option("-w", "--watch", is_flag=True, help="After listing, print each change as it happens (Ctrl-C ends).")
 @pass_ctx
 @handle_errors
-def logs(c: Ctx, name: str, follow: bool, tail: int | None) -> None:
+def get(c: Ctx, names: tuple[str, ...], selector: str | None, output: str | None, all_namespaces: bool,
+        watch: bool) -> None:
+    """List services (or show the named ones). Names that do not exist are errors (exit 1);
+    the others are still shown."""
+    from converge.selector import parse_selector
+    from converge.store import NotFound
+
+    fmt, columns = _parse_output(output)
+    sel = parse_selector(selector)
+    missing: list[str] = []
+    if names:
+        items = []
+        for n in dict.fromkeys(names):
+            try:
+                items.append(c.client.get(n, c.ns))
+            except NotFound:
+                missing.append(n)
+    else:
+        listed = c.client.store.list(None if all_namespaces else c.ns, sel)
+        items = listed.items
+        for e in listed.errors:
+            click.echo(f"warning: {e}", err=True)
+    if items:
+        click.echo(_render(items, fmt, columns, single=len(names) == 1, namespaces=all_namespaces))
+    elif not names and not watch and fmt not in ("yaml", "json", "name"):
+        click.echo("No resources found." if all_namespaces else f"No resources found in {c.ns} namespace.",
+                   err=True)
+    elif not names and fmt in ("yaml", "json"):
+        click.echo(_render(items, fmt, columns, single=False, namespaces=all_namespaces))
+    for n in missing:
+        click.echo(f'error: managedservices "{n}" not found', err=True)
+    if watch:
+        _watch(c, names, sel, all_namespaces, fmt, columns, header=not items)
+    if missing:
+        sys.exit(1)
+
+
+def _watch(c: Ctx, names: tuple[str, ...], sel: Any, all_namespaces: bool, fmt: str | None, columns: Any,
+           header: bool) -> None:
+    """One line (or document) per change of a selected object, until Ctrl-C."""
+    from converge.store import NotFound
+
+    stop = threading.Event()
+    wanted = set(names)
+    try:
+        for key in c.client.store.watch(stop):
+            if (wanted and key.name not in wanted) or (not all_namespaces and key.namespace != c.ns):
+                continue
+            try:
+                obj = c.client.store.get(key)
+            except NotFound:
+                if fmt in (None, "wide"):
+                    click.echo(f"{key.name}   <deleted>" if not all_namespaces else f"{key}   <deleted>")
+                continue
+            if not wanted and not sel.matches(obj.metadata.labels):
+                continue
+            click.echo(_render([obj], fmt, columns, single=True, namespaces=all_namespaces, header=header))
+            header = False
+    except KeyboardInterrupt:
+        stop.set()
+
+
+@cli.command()
+@names_argument(required=True)
+@pass_ctx
+@handle_errors
+def describe(c: Ctx, names: tuple[str, ...]) -> None:
+    """Spec, status, conditions, endpoint, backend details and the last error of services."""
+    from converge import printers
+
+    click.echo("\n\n".join(printers.describe(c.client.get(n, c.ns)) for n in names))
+
+
+@cli.command()
+@click.argument("name", shell_complete=_complete_names)
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new lines (Ctrl-C ends).")
+@click.option("--tail", type=int, default=-1, show_default=True, help="Lines from the end; -1: all.")
+@pass_ctx
+@handle_errors
+def logs(c: Ctx, name: str, follow: bool, tail: int) -> None:
     """Print a service's output."""
     try:
-        for line in c.client.logs(name, c.ns, follow=follow, tail=tail):
+        for line in c.client.logs(name, c.ns, follow=follow, tail=None if tail < 0 else tail):
             click.echo(line)
     except KeyboardInterrupt:
         pass
 
 
+# ---------------------------------------------------------------------------- deleting, waiting
+
+
 @cli.command()
-@click.argument("name")
-@click.option("--for", "for_", default="condition=Ready", help="condition=TYPE, or delete.")
-@click.option("--timeout", default="30s")
+@names_argument()
+@click.option("-l", "--selector", default=None, help="Delete the services matching a label selector.")
+@click.option("--all", "all_", is_flag=True, help="Delete every service in the namespace.")
+@click.option("-f", "--filename", "files", multiple=True, metavar="FILE|DIR|-",
+              help="Delete the services these manifests declare.")
+@click.option("--ignore-not-found", is_flag=True, help="A name that does not exist is not an error.")
+@click.option("--force", is_flag=True, help="Forget the service even if deprovisioning does not finish.")
+@click.option("--timeout", default="60s", help="How long to wait for deprovisioning.")
 @pass_ctx
 @handle_errors
-def wait(c: Ctx, name: str, for_: str, timeout: str) -> None:
-    """Wait until a service's condition is True (e.g. --for condition=Ready)."""
-    cond = for_.split("=", 1)[1] if for_.startswith("condition=") else for_
-    if not cond:
-        raise click.BadParameter("use --for condition=TYPE or --for delete")
-    c.client.wait(name, c.ns, condition=cond, timeout=parse_duration(timeout))
-    click.echo(f"managedservice/{name} condition met")
+def delete(c: Ctx, names: tuple[str, ...], selector: str | None, all_: bool, files: tuple[str, ...],
+           ignore_not_found: bool, force: bool, timeout: str) -> None:
+    """Deprovision services, then forget them: NAME..., -l SELECTOR, --all or -f FILE|DIR."""
+    from converge.store import NotFound
+
+    keys = _selected_keys(c, names, selector, all_, files)
+    t = parse_duration(timeout)
+    deadline = time.monotonic() + t
+    failed = False
+    if not keys and not names:
+        click.echo("No resources found", err=True)
+    for key in dict.fromkeys(keys):
+        try:
+            o = c.client.delete(key.name, key.namespace, force=force, timeout=max(deadline - time.monotonic(), 0.1))
+        except NotFound:
+            if not ignore_not_found:
+                failed = True
+                click.echo(f'error: managedservices "{key.name}" not found', err=True)
+            continue
+        if o.gone:
+            click.echo(f"managedservice/{key.name} deleted" + (f" ({o.message})" if force and o.message else ""))
+        else:
+            failed = True
+            click.echo(f"error: managedservice/{key.name} not deleted: {o.state}: {o.message} "
+                       "(retry, or --force to forget it anyway)", err=True)
+    if failed:
+        sys.exit(1)
+
+
+def _wait_for(text: str) -> WaitFor:
+    from converge.waiting import BadWaitFor, parse_wait_for
+
+    try:
+        return parse_wait_for(text)
+    except BadWaitFor as exc:
+        raise click.BadParameter(str(exc), param_hint="'--for'") from None
+
+
+@cli.command()
+@names_argument()
+@click.option("-l", "--selector", default=None)
+@click.option("--all", "all_", is_flag=True, help="Every service in the namespace.")
+@click.option("--for", "for_", default="condition=Ready", show_default=True,
+              help="condition=TYPE, condition=TYPE=true|false|unknown (case-insensitive), or delete.")
+@click.option("--timeout", default="30s", show_default=True)
+@pass_ctx
+@handle_errors
+def wait(c: Ctx, names: tuple[str, ...], selector: str | None, all_: bool, for_: str, timeout: str) -> None:
+    """Wait until services meet a condition (or are deleted); exit 1 on timeout."""
+    want = _wait_for(for_)  # a bad --for fails before anything is read
+    t = parse_duration(timeout)
+    keys = _selected_keys(c, names, selector, all_)
+    if not keys:
+        fail("no matching resources found")
+    done = "deleted" if want.delete else "condition met"
+    c.client.wait_all(dict.fromkeys(keys), want, timeout=t,
+                      on_met=lambda key: click.echo(f"managedservice/{key.name} {done}"))
+
+
+# ---------------------------------------------------------------------------- admin state
 
 
 def _updown(c: Ctx, up: bool, names: tuple[str, ...], selector: str | None, force: bool, timeout: str,
@@ -226,7 +518,7 @@ def _updown(c: Ctx, up: bool, names: tuple[str, ...], selector: str | None, forc
 
 
 @cli.command()
-@click.argument("names", nargs=-1)
+@names_argument()
 @click.option("-l", "--selector", default=None)
 @click.option("-A", "--all-namespaces", is_flag=True, help="Select in every namespace.")
 @click.option("--timeout", default="60s")
@@ -238,17 +530,23 @@ def up(c: Ctx, names: tuple[str, ...], selector: str | None, all_namespaces: boo
 
 
 @cli.command()
-@click.argument("names", nargs=-1)
+@names_argument()
 @click.option("-l", "--selector", default=None)
 @click.option("-A", "--all-namespaces", is_flag=True, help="Select in every namespace.")
-@click.option("--force", is_flag=True, help="Deprovision (adminState inactive) instead of suspending.")
+@click.option("--force", is_flag=True,
+              help="Deprovision (adminState inactive) instead of suspending; the objects stay in the "
+                   "store (`converge delete` forgets them).")
 @click.option("--timeout", default="60s")
 @pass_ctx
 @handle_errors
 def down(c: Ctx, names: tuple[str, ...], selector: str | None, all_namespaces: bool, force: bool,
          timeout: str) -> None:
-    """Suspend services (dependents first); --force deprovisions them."""
+    """Suspend services (dependents first); --force deprovisions them. Either way the
+    objects stay, so `up` brings them back; `delete` removes them."""
     _updown(c, False, names, selector, force, timeout, all_namespaces)
+
+
+# ---------------------------------------------------------------------------- converging
 
 
 @cli.command()
@@ -299,8 +597,8 @@ def crds() -> None:
     click.echo(crd_yaml(), nl=False)
 
 
-def main() -> None:
-    cli(prog_name="converge")
+def main(argv: Iterable[str] | None = None) -> None:
+    cli(args=None if argv is None else list(argv), prog_name="converge")
 
 
 if __name__ == "__main__":

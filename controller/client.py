@@ -15,27 +15,42 @@ before returning (like docker compose), so they work without a `converge run`.
 from __future__ import annotations
 
 import builtins
+import itertools
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 from converge import manifest
 from converge.api import AdminState, ManagedService, ServiceKey
-from converge.conditions import is_ready
+from converge.conditions import READY
 from converge.filestore import FileStore
 from converge.reconciler import Outcome, Reconciler
 from converge.registry import Backends, available_kinds
 from converge.runtime import Runtime
 from converge.selector import Selector, parse_selector
 from converge.store import AlreadyExists, Conflict, NotFound, Store
+from converge.waiting import WaitFor, parse_wait_for
 
 APPLY_RETRIES = 20
 
 
 class WaitTimeout(Exception):
     pass
+
+
+def _why(svc: ManagedService | None, want: WaitFor) -> str:
+    if svc is None or want.condition is None:
+        return ""
+    cond = next((c for c in svc.status.conditions if c.type.lower() == want.condition.lower()), None)
+    if cond is None:
+        return f": no {want.condition} condition yet (not reconciled)"
+    return f": {cond.type}={cond.status} {cond.reason}" + (f": {cond.message}" if cond.message else "")
+
+
+class NotStarted(Exception):
+    """Logs of a service that never ran."""
 
 
 @dataclass(frozen=True)
@@ -185,33 +200,53 @@ class Client:
                            f"{out.message or out.state}")
         return out
 
-    def wait(self, name: str, namespace: str = "default", condition: str = "Ready", timeout: float = 60.0,
-             poll: float = 0.1) -> ManagedService:
-        """Until condition=True (or, for condition "delete", until the object is gone)."""
-        key = ServiceKey(namespace, name)
+    def wait(self, name: str, namespace: str = "default", condition: str | WaitFor = "Ready",
+             timeout: float = 60.0, poll: float = 0.1) -> ManagedService | None:
+        """Until the condition has the wanted status (a string: "Ready" means Ready=True;
+        or a WaitFor, see converge.waiting), or for deletion until the object is gone
+        (returns None then, at once if it never existed). WaitTimeout says why not."""
+        return self.wait_all([ServiceKey(namespace, name)], condition, timeout, poll)[0]
+
+    def wait_all(self, keys: Iterable[ServiceKey], condition: str | WaitFor = "Ready", timeout: float = 60.0,
+                 poll: float = 0.1, on_met: Callable[[ServiceKey], None] | None = None,
+                 ) -> builtins.list[ManagedService | None]:
+        """wait for each key, within one timeout for all; on_met(key) as each is met."""
+        want = condition if isinstance(condition, WaitFor) else (
+            parse_wait_for("delete" if condition.lower() == "delete" else f"condition={condition}"))
         deadline = time.monotonic() + timeout
-        last: ManagedService | None = None
-        while True:
-            try:
-                last = self.store.get(key)
-                if condition.lower() != "delete" and (
-                    is_ready(last.status.conditions) if condition == "Ready"
-                    else any(c.type == condition and c.status == "True" for c in last.status.conditions)
-                ):
-                    return last
-            except NotFound:
-                if condition.lower() == "delete" and last is not None:
-                    return last
-                if condition.lower() != "delete":
-                    raise
-            if time.monotonic() >= deadline:
-                cond = last.status.condition(condition) if last is not None else None
-                why = f": {cond.reason}: {cond.message}" if cond is not None else ""
-                raise WaitTimeout(f"timed out after {timeout:g}s waiting for {key} condition={condition}{why}")
-            time.sleep(poll)
+        out = []
+        for key in keys:
+            last: ManagedService | None = None
+            while True:
+                try:
+                    cur: ManagedService | None = self.store.get(key)
+                except NotFound:
+                    if not want.delete:
+                        raise
+                    cur = None
+                if want.met(cur):
+                    break
+                last = cur or last
+                if time.monotonic() >= deadline:
+                    raise WaitTimeout(f"timed out after {timeout:g}s waiting for {key} {want}{_why(last, want)}")
+                time.sleep(poll)
+            out.append(cur)
+            if on_met is not None:
+                on_met(key)
+        return out
 
     def logs(self, name: str, namespace: str = "default", follow: bool = False,
              tail: int | None = None) -> Iterator[str]:
+        """The service's output; NotStarted if it never ran (nothing to show)."""
         svc = self.get(name, namespace)
         backend = self.backends.get(svc.spec.backend.kind)
-        return backend.logs(self.reconciler.target_for(svc), follow=follow, tail=tail)
+        lines = backend.logs(self.reconciler.target_for(svc), follow=follow, tail=tail)
+        if svc.status.backend or svc.status.startedAt is not None:
+            return lines
+        first = None if follow else next(lines, None)
+        if first is None:
+            ready = svc.status.condition(READY)
+            why = f", {ready.reason}" + (f": {ready.message}" if ready.message else "") if ready else ""
+            raise NotStarted(f"managedservice {svc.key} has not started (state {svc.status.state.value}{why}): "
+                             "no logs yet")
+        return itertools.chain([first], lines)

@@ -20,7 +20,7 @@ from pydantic import ValidationError
 
 from converge.api import GROUP_VERSION, KIND, EnvVar, ManagedService
 from converge.deps import find_cycle
-from converge.filestore import format_validation_error
+from converge.fielderrors import explain
 
 SUFFIXES = (".yaml", ".yml", ".json")
 
@@ -41,8 +41,8 @@ class Document:
     data: Any
 
     def where(self, name: str | None = None) -> str:
-        what = f'{KIND} "{name}"' if name else "document"
-        return f"{self.source}: {what} (document {self.index})"
+        """The file and the object: by its name, or by its position when it has none."""
+        return f'{self.source}: {KIND} "{name}"' if name else f"{self.source}: document {self.index}"
 
 
 def _files(path: Path) -> list[Path]:
@@ -130,7 +130,10 @@ def parse(doc: Document, known_backends: Iterable[str] | None = None) -> Managed
     try:
         obj = ManagedService.model_validate(clean)
     except ValidationError as exc:
-        raise ManifestError([f"{where}: {line}" for line in format_validation_error(exc).split("; ")]) from None
+        lines = explain(exc, ManagedService)
+        # The document is named once: on the line of a single problem, above several.
+        raise ManifestError([f"{where}: {lines[0]}" if len(lines) == 1
+                             else "\n  ".join([f"{where}:", *lines])]) from None
     if known_backends is not None and obj.spec.backend.kind not in set(known_backends):
         raise ManifestError([f"{where}: spec.backend: unknown backend {obj.spec.backend.kind!r} "
                              f"(known: {', '.join(sorted(known_backends))})"])
@@ -155,9 +158,9 @@ def load(sources: Iterable[str], known_backends: Iterable[str] | None = None,
             continue
         key = (obj.metadata.namespace, obj.metadata.name)
         if key in where:
-            problems.append(f"{doc.where(obj.metadata.name)}: duplicate of {where[key]}")
+            problems.append(f"{doc.where(obj.metadata.name)} (document {doc.index}): duplicate of {where[key]}")
             continue
-        where[key] = doc.where(obj.metadata.name)
+        where[key] = f"{doc.where(obj.metadata.name)} (document {doc.index})"
         objs.append(obj)
     graphs: dict[str, dict[str, list[str]]] = {}
     for o in list(existing) + objs:  # applied objects override stored ones

@@ -35,15 +35,27 @@ def _endpoint(svc: ManagedService) -> str:
     return ep.uri if ep is not None and ep.uri else "<none>"
 
 
+REASON_WIDTH = 80
+
+
+def cut(text: str, width: int) -> str:
+    """The first line of text, at most width characters; `…` marks what was cut."""
+    lines = text.splitlines()
+    first = lines[0] if lines else ""
+    if len(first) > width:
+        return first[: width - 1] + "…"
+    return first + ("…" if len(lines) > 1 else "")
+
+
 def _reason(svc: ManagedService) -> str:
     c = svc.status.condition(READY)
     if c is None:
         return ""
-    text = c.reason + (f": {c.message}" if c.message else "")
-    return text.splitlines()[0][:80] if text else ""
+    return cut(c.reason + (f": {c.message}" if c.message else ""), REASON_WIDTH)
 
 
-def table(items: Sequence[ManagedService], wide: bool = False, namespaces: bool = False) -> str:
+def table(items: Sequence[ManagedService], wide: bool = False, namespaces: bool = False,
+          header: bool = True) -> str:
     head = ["NAME", "STATE", "READY", "BACKEND", "ENDPOINT"]
     if wide:
         head += ["RESTARTS", "AGE", "REASON"]
@@ -58,7 +70,8 @@ def table(items: Sequence[ManagedService], wide: bool = False, namespaces: bool 
             age(s.metadata.creationTimestamp)]
         rows.append([s.metadata.namespace, *row] if namespaces else row)
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
-    return "\n".join("   ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
+    lines = ["   ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    return "\n".join(lines if header else lines[1:])
 
 
 def dump(items: Sequence[ManagedService], fmt: str, single: bool) -> str:

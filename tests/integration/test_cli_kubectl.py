@@ -1,0 +1,214 @@
+"""kubectl habits of the CLI, through the real `converge` process and a real file store."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import yaml
+
+from tests.conftest import CLI
+from tests.helpers import PY, daemon, gone, http_service, until, write
+
+
+def sleeper(name: str, **kw: object) -> dict:
+    return daemon(name, [PY, "-c", "import time; time.sleep(600)"], check=None, **kw)  # type: ignore[arg-type]
+
+
+def test_global_flags_before_or_after_the_subcommand(cli: CLI, tmp_path: Path) -> None:
+    m = write(tmp_path / "s.yaml", sleeper("a"))
+    other = tmp_path / "other-store"
+    cli("apply", "-f", str(m), "-n", "team-b", "--store", str(other))
+    assert (other / "team-b" / "a.yaml").exists()
+    assert cli("--store", str(other), "get", "-o", "name", "-n", "team-b").stdout.split() == ["managedservice/a"]
+    assert cli("get", "--namespace=team-b", "-o", "name", "--store", str(other)).stdout.split() == [
+        "managedservice/a"]
+    assert not (cli.store / "team-b").exists()
+    # -v after the subcommand turns on debug logging
+    p = cli("get", "-v", "-o", "name", "--store", str(other), "-n", "team-b")
+    assert p.stdout.split() == ["managedservice/a"]
+    # a subcommand's flag wins over the same flag before it
+    assert cli("-n", "nope", "get", "-n", "team-b", "-o", "name", "--store", str(other)).stdout.strip()
+    # cluster flags are accepted anywhere, and say clearly that cluster mode is not there yet
+    for args in (["--kubeconfig", "kc", "get"], ["get", "--kubeconfig", "kc"], ["get", "--context", "x"]):
+        p = cli(*args, check=False)
+        assert p.returncode == 1 and "cluster mode" in p.stderr and "Traceback" not in p.stderr, args
+
+
+def test_get_names_prints_what_exists_and_fails_on_the_rest(cli: CLI, tmp_path: Path) -> None:
+    cli("apply", "-f", str(write(tmp_path / "s.yaml", sleeper("a"), sleeper("b"))))
+    p = cli("get", "a", "nope", "b", check=False)
+    assert p.returncode == 1
+    assert [line.split()[0] for line in p.stdout.splitlines()] == ["NAME", "a", "b"]
+    assert 'managedservices "nope" not found' in p.stderr
+    p = cli("get", "a", "nope", "-o", "name", check=False)
+    assert p.returncode == 1 and p.stdout.split() == ["managedservice/a"]
+
+
+def test_get_custom_columns(cli: CLI, tmp_path: Path) -> None:
+    cli("apply", "-f", str(write(tmp_path / "s.yaml", sleeper("a", labels={"stack": "x"}),
+                                 sleeper("b", depends=["a"]))))
+    cli("reconcile", "--timeout", "30s")
+    out = cli("get", "-o",
+              'custom-columns=NAME:.metadata.name,READY:.status.conditions[?(@.type=="Ready")].status,'
+              "STACK:.metadata.labels.stack,DEPS:.spec.dependsOn[*]").stdout.splitlines()
+    assert [line.split() for line in out] == [["NAME", "READY", "STACK", "DEPS"], ["a", "True", "x", "<none>"],
+                                              ["b", "True", "<none>", "a"]]
+    p = cli("get", "-o", "custom-columns=NAME", check=False)
+    assert p.returncode == 2 and "HEADER:PATH" in p.stderr
+    p = cli("get", "-o", "table", check=False)
+    assert p.returncode == 2 and "custom-columns" in p.stderr
+
+
+def test_wide_reason_is_cut_with_an_ellipsis(cli: CLI, tmp_path: Path) -> None:
+    cli("apply", "-f", str(write(tmp_path / "s.yaml", daemon("long", ["/nonexistent/" + "x" * 120], check=None))))
+    cli("reconcile", "--timeout", "1s", check=False)
+    row = cli("get", "long", "-o", "wide").stdout.splitlines()[1]
+    assert row.endswith("…") and "StartFailed" in row
+
+
+def test_get_watch_streams_changes(cli: CLI, tmp_path: Path) -> None:
+    cli("apply", "-f", str(write(tmp_path / "s.yaml", sleeper("a"))))
+    watcher = cli.popen("get", "-w")
+    try:
+        assert watcher.stdout is not None
+        assert watcher.stdout.readline().split()[0] == "NAME"
+        assert watcher.stdout.readline().split()[:2] == ["a", "inactive"]
+        cli("apply", "-f", str(write(tmp_path / "t.yaml", sleeper("b"))))
+        assert watcher.stdout.readline().split()[:2] == ["b", "inactive"]
+        cli("reconcile", "--timeout", "30s")
+        seen = set()
+        until(lambda: seen.add(tuple(watcher.stdout.readline().split()[:2])) or  # type: ignore[union-attr]
+              {("a", "active"), ("b", "active")} <= seen, timeout=30, what="active rows")
+        cli("delete", "b")
+        until(lambda: watcher.stdout.readline().split()[:2] == ["b", "<deleted>"],  # type: ignore[union-attr]
+              timeout=30, what="deleted row")
+    finally:
+        watcher.terminate()
+        watcher.wait(10)
+
+
+def test_delete_by_names_selector_all_and_file(cli: CLI, tmp_path: Path) -> None:
+    m = write(tmp_path / "s.yaml", sleeper("a", labels={"t": "1"}), sleeper("b", labels={"t": "1"}),
+              sleeper("c"), sleeper("d"), sleeper("e"))
+    cli("apply", "-f", str(m))
+    cli("reconcile", "--timeout", "30s")
+    pids = {n: cli.pid(n) for n in "abcde"}
+    p = cli("delete", "-l", "t=1")
+    assert sorted(p.stdout.split()) == sorted(["managedservice/a", "deleted", "managedservice/b", "deleted"])
+    assert gone(pids["a"]) and gone(pids["b"])
+    p = cli("delete", "c", "nope", "d", check=False)
+    assert p.returncode == 1 and 'managedservices "nope" not found' in p.stderr
+    assert "managedservice/c deleted" in p.stdout and "managedservice/d deleted" in p.stdout
+    assert cli("delete", "nope", "--ignore-not-found").returncode == 0
+    assert cli("get", "-o", "name").stdout.split() == ["managedservice/e"]
+    # -f deletes what a manifest declares (e exists; the others are already gone)
+    p = cli("delete", "-f", str(m), check=False)
+    assert p.returncode == 1 and "managedservice/e deleted" in p.stdout
+    assert gone(pids["e"])
+    cli("apply", "-f", str(m))
+    cli("delete", "-f", str(tmp_path))
+    cli("apply", "-f", str(m))
+    assert len(cli("delete", "--all").stdout.splitlines()) == 5
+    assert cli("get", "-o", "name").stdout == ""
+    for bad in (["delete"], ["delete", "a", "--all"], ["delete", "-l", "t=1", "-f", str(m)]):
+        p = cli(*bad, check=False)
+        assert p.returncode == 2 and "give" in p.stderr, bad
+
+
+def test_wait_forms(cli: CLI, tmp_path: Path) -> None:
+    m = write(tmp_path / "s.yaml", sleeper("a", labels={"s": "w"}, admin="inactive"),
+              sleeper("b", labels={"s": "w"}, admin="inactive"))
+    cli("apply", "-f", str(m))
+    # unknown --for forms are rejected at once, before any waiting
+    for bad in ("Ready", "condition=Ready=perhaps", "jsonpath={.status}", "deleted"):
+        t0 = time.monotonic()
+        p = cli("wait", "a", "--for", bad, "--timeout", "30s", check=False)
+        assert p.returncode == 2 and "--for" in p.stderr and time.monotonic() - t0 < 10, (bad, p.stderr)
+    p = cli("wait", "a", "--for", "condition=Ready", "--timeout", "0.2s", check=False)
+    assert p.returncode == 1 and "timed out after 0.2s" in p.stderr and "no Ready condition yet" in p.stderr
+    cli("reconcile", "--timeout", "30s")
+    assert "managedservice/b condition met" in cli("wait", "a", "b", "--for", "condition=ready=FALSE").stdout
+    cli("up", "-l", "s=w")
+    out = cli("wait", "-l", "s=w", "--for", "condition=READY", "--timeout", "5s").stdout
+    assert out.splitlines() == ["managedservice/a condition met", "managedservice/b condition met"]
+    assert cli("wait", "--all", "--timeout", "5s").stdout.count("condition met") == 2
+    waiter = cli.popen("wait", "a", "b", "--for", "delete", "--timeout", "60s")
+    time.sleep(0.5)
+    assert waiter.poll() is None
+    cli("delete", "--all")
+    out, _ = waiter.communicate(timeout=60)
+    assert waiter.returncode == 0 and "managedservice/a deleted" in out and "managedservice/b deleted" in out
+    assert cli("wait", "gone-already", "--for", "delete", "--timeout", "1s").returncode == 0
+    assert cli("wait", "nope", "--timeout", "1s", check=False).returncode == 1
+
+
+def test_diff_shows_what_apply_would_change(cli: CLI, tmp_path: Path) -> None:
+    m = write(tmp_path / "s.yaml", sleeper("a"))
+    p = cli("diff", "-f", str(m), check=False)
+    assert p.returncode == 1 and "+++ merged/default/a" in p.stdout and "--- /dev/null" in p.stdout
+    cli("apply", "-f", str(m))
+    p = cli("diff", "-f", str(m))
+    assert p.returncode == 0 and p.stdout == ""
+    changed = sleeper("a", labels={"tier": "x"}, admin="suspended")
+    write(m, changed)
+    p = cli("diff", "-f", str(tmp_path), check=False)
+    assert p.returncode == 1
+    assert "-  adminState: active" in p.stdout and "+  adminState: suspended" in p.stdout
+    assert "+    tier: x" in p.stdout
+    assert cli.obj("a")["spec"]["adminState"] == "active"  # diff writes nothing
+    bad = write(tmp_path / "bad.yaml", {**changed, "spec": {**changed["spec"], "colour": "red"}})
+    p = cli("diff", "-f", str(bad), check=False)
+    assert p.returncode == 2 and "colour" in p.stderr
+
+
+def test_logs_of_a_service_that_never_started(cli: CLI, tmp_path: Path) -> None:
+    cli("apply", "-f", str(write(tmp_path / "s.yaml", sleeper("idle"))))
+    p = cli("logs", "idle", check=False)
+    assert p.returncode == 1 and "not started" in p.stderr, p.stderr
+
+
+def test_logs_tail_minus_one_means_all(cli: CLI, tmp_path: Path) -> None:
+    cmd = [PY, "-u", "-c", "import time\nfor i in range(30): print(f'line {i}')\ntime.sleep(600)"]
+    cli("apply", "-f", str(write(tmp_path / "s.yaml", daemon("talk", cmd, check=None))))
+    cli("reconcile", "--timeout", "30s")
+    until(lambda: "line 29" in cli("logs", "talk").stdout)
+    assert cli("logs", "talk", "--tail", "-1").stdout.splitlines() == [f"line {i}" for i in range(30)]
+    assert cli("logs", "talk", "--tail", "2").stdout.splitlines() == ["line 28", "line 29"]
+
+
+def test_validation_errors_suggest_the_field_and_name_the_document_once(cli: CLI, tmp_path: Path) -> None:
+    good = http_service("good")
+    bad = http_service("typo")
+    bad["spec"]["backend"]["daemon"]["comand"] = bad["spec"]["backend"]["daemon"].pop("command")
+    bad["spec"]["endpont"] = bad["spec"].pop("endpoint")
+    m = write(tmp_path / "s.yaml", good, bad)
+    p = cli("apply", "-f", str(m), check=False)
+    assert p.returncode == 1
+    assert "unknown field 'comand' (did you mean 'command'?)" in p.stderr
+    assert "unknown field 'endpont' (did you mean 'endpoint'?)" in p.stderr
+    assert "Extra inputs" not in p.stderr
+    assert p.stderr.count('ManagedService "typo"') == 1, p.stderr
+    assert "nothing was applied" in p.stderr
+
+
+def test_down_force_help_says_objects_stay_and_completion_works(cli: CLI, tmp_path: Path) -> None:
+    assert "objects stay" in " ".join(cli("down", "--help").stdout.split())
+    cli("apply", "-f", str(write(tmp_path / "s.yaml", sleeper("alpha"), sleeper("beta"))))
+    env = {**cli.env, "_CONVERGE_COMPLETE": "bash_complete", "COMP_WORDS": "converge describe al", "COMP_CWORD": "2"}
+    import subprocess
+
+    from tests.conftest import CONVERGE
+
+    p = subprocess.run([CONVERGE], env=env, capture_output=True, text=True, timeout=60)
+    assert "alpha" in p.stdout and "beta" not in p.stdout, p.stdout + p.stderr
+    src = cli("--help").stdout
+    assert "_CONVERGE_COMPLETE" in src
+
+
+def test_yaml_output_of_several_is_a_list(cli: CLI, tmp_path: Path) -> None:
+    cli("apply", "-f", str(write(tmp_path / "s.yaml", sleeper("a"), sleeper("b"))))
+    doc = yaml.safe_load(cli("get", "a", "b", "-o", "yaml").stdout)
+    assert doc["kind"] == "List" and [i["metadata"]["name"] for i in doc["items"]] == ["a", "b"]
+    assert json.loads(cli("get", "a", "-o", "json").stdout)["metadata"]["name"] == "a"
