@@ -1,6 +1,6 @@
 """pydantic validation errors as a user reads them. Pure.
 
-    spec.backend.daemon: unknown field 'comand' (did you mean 'command'?)
+    spec.backend.daemon.comand: unknown field 'comand' (did you mean 'command'?)
     spec.endpoint.port: Input should be less than or equal to 65535
     spec.backend.daemon.env[0].name: environment variable name '1x' is not valid
 
@@ -80,9 +80,8 @@ def explain(exc: ValidationError, root: type[BaseModel]) -> list[str]:
         if err["type"] == "extra_forbidden" and loc:
             parent = _model_at(root, loc[:-1])
             known = list(_fields(parent)) if parent is not None else []
-            where = path(loc[:-1])
             msg = unknown_field(str(loc[-1]), known) if known else f"unknown field {str(loc[-1])!r}"
-            lines.append(f"{where}: {msg}" if where else msg)
+            lines.append(f"{path(loc)}: {msg}")
             continue
         msg = str(err["msg"]).removeprefix("Value error, ")
         where = path(loc)

@@ -41,8 +41,8 @@ class Document:
     data: Any
 
     def where(self, name: str | None = None) -> str:
-        """The file and the object: by its name, or by its position when it has none."""
-        return f'{self.source}: {KIND} "{name}"' if name else f"{self.source}: document {self.index}"
+        what = f'{KIND} "{name}"' if name else "document"
+        return f"{self.source}: {what} (document {self.index})"
 
 
 def _files(path: Path) -> list[Path]:
@@ -131,9 +131,8 @@ def parse(doc: Document, known_backends: Iterable[str] | None = None) -> Managed
         obj = ManagedService.model_validate(clean)
     except ValidationError as exc:
         lines = explain(exc, ManagedService)
-        # The document is named once: on the line of a single problem, above several.
-        raise ManifestError([f"{where}: {lines[0]}" if len(lines) == 1
-                             else "\n  ".join([f"{where}:", *lines])]) from None
+        # The document is named once, on the first problem's line; the others follow indented.
+        raise ManifestError(["\n  ".join([f"{where}: {lines[0]}", *lines[1:]])]) from None
     if known_backends is not None and obj.spec.backend.kind not in set(known_backends):
         raise ManifestError([f"{where}: spec.backend: unknown backend {obj.spec.backend.kind!r} "
                              f"(known: {', '.join(sorted(known_backends))})"])
@@ -158,9 +157,9 @@ def load(sources: Iterable[str], known_backends: Iterable[str] | None = None,
             continue
         key = (obj.metadata.namespace, obj.metadata.name)
         if key in where:
-            problems.append(f"{doc.where(obj.metadata.name)} (document {doc.index}): duplicate of {where[key]}")
+            problems.append(f"{doc.where(obj.metadata.name)}: duplicate of {where[key]}")
             continue
-        where[key] = f"{doc.where(obj.metadata.name)} (document {doc.index})"
+        where[key] = doc.where(obj.metadata.name)
         objs.append(obj)
     graphs: dict[str, dict[str, list[str]]] = {}
     for o in list(existing) + objs:  # applied objects override stored ones

@@ -46,7 +46,7 @@ def test_invalid_manifests_are_rejected_and_nothing_is_written(cli: CLI, tmp_pat
     good = http_service("good")
     cases = {
         "type.yaml": ("spec.endpoint.port", {**good, "spec": {**good["spec"], "endpoint": {"port": "http"}}}),
-        "unknown.yaml": ("spec.backend.daemon: unknown field 'colour'", {**good, "spec": {**good["spec"], "backend": {
+        "unknown.yaml": ("daemon.colour: unknown field 'colour'", {**good, "spec": {**good["spec"], "backend": {
             "daemon": {"command": ["x"], "colour": "red"}}}}),
         "name.yaml": ("metadata.name", {**good, "metadata": {"name": "Bad_Name"}}),
         "two.yaml": ("exactly one backend", {**good, "spec": {**good["spec"], "backend": {
