@@ -43,8 +43,11 @@ def rejected(tmp_path_factory: pytest.TempPathFactory) -> tuple[CLI, dict[str, l
     assert p.stderr.rstrip().endswith("error: nothing was applied")
     assert not (tmp / "store").exists(), "an invalid apply wrote something"
     lines: dict[str, list[str]] = {}
+    case = ""
     for line in p.stderr.splitlines():
-        lines.setdefault(Path(line.removeprefix("error: ").split(":", 1)[0]).stem, []).append(line)
+        if line.startswith("error: "):  # a file's first problem; more follow indented
+            case = Path(line.removeprefix("error: ").split(":", 1)[0]).stem
+        lines.setdefault(case, []).append(line)
     return cli, lines
 
 
