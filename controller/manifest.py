@@ -108,8 +108,7 @@ def resolve_paths(obj: ManagedService, base: Path) -> None:
     if b.terraform is not None:
         b.terraform.directory = _abs(base, b.terraform.directory) or b.terraform.directory
         b.terraform.variableFiles = [_abs(base, f) or f for f in b.terraform.variableFiles]
-    if b.kubernetes is not None:
-        _resolve_env(base, b.kubernetes.env)
+    # kubernetes: env comes from Secrets/ConfigMaps in the cluster, no local paths
 
 
 def parse(doc: Document, known_backends: Iterable[str] | None = None) -> ManagedService:
