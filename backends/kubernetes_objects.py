@@ -51,7 +51,9 @@ def object_name(name: str) -> str:
 
 
 def selector(target: Target) -> dict[str, str]:
-    return {LABEL_SERVICE: object_name(target.key.name)}
+    """The pods' selector; its value is the ManagedService's name (a watch event on any of
+    the objects maps back to the service by it)."""
+    return {LABEL_SERVICE: target.key.name}
 
 
 def identity_labels(target: Target) -> dict[str, str]:
