@@ -86,6 +86,11 @@ def endpoint_uri(svc: ManagedService, port: int | None) -> str | None:
 # --------------------------------------------------------------------------- helpers
 
 
+def first_line(text: str) -> str:
+    """What happened, without the log lines that follow it in lastError."""
+    return text.strip().splitlines()[0] if text.strip() else ""
+
+
 def copy_status(st: ManagedServiceStatus) -> ManagedServiceStatus:
     """A copy that is safe to change here: the core replaces conditions and backend
     details wholesale and changes only the endpoint in place, so copy just those
@@ -238,13 +243,13 @@ def _plan_active(
                        progress=RECONCILING, requeue=WAIT_RETRY)
     if st.nextRetryTime is not None and now < st.nextRetryTime:
         wait = (st.nextRetryTime - now).total_seconds()
-        msg = f"back-off {wait:.1f}s restarting failed service: {st.lastError}"
+        msg = f"back-off {wait:.1f}s restarting failed service: {first_line(st.lastError)}"
         return _finish(st, now, gen, state=State.error, ready=False, reason="CrashLoopBackOff",
                        message=msg[:LOG_TAIL_CHARS], progress=RECONCILING, requeue=wait)
     if phase == Phase.suspended:
         why = "resuming"
     elif st.consecutiveFailures > 0:
-        why = "restarting after failure: " + st.lastError.splitlines()[0] if st.lastError else "restarting"
+        why = "restarting after failure: " + first_line(st.lastError) if st.lastError else "restarting"
     else:
         why = "starting"
     return _provision(st, now, gen, why)
