@@ -7,24 +7,104 @@ pydantic models. Pure data: no I/O here.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    Strict,
+    StrictBool,
+    StrictInt,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 
 API_GROUP = "converge.dev"
 API_VERSION = "v1alpha1"
 GROUP_VERSION = f"{API_GROUP}/{API_VERSION}"
 KIND = "ManagedService"
 
-DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-LABEL_KEY = re.compile(r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
-LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$")
-ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Bounds on what a manifest may hold. Like etcd's request limit, an object (as written)
+# is at most MAX_OBJECT_BYTES; converge.manifest checks the expanded YAML against the same
+# bound before building anything from it.
+MAX_OBJECT_BYTES = 1024 * 1024
+MAX_PATH = 4096
+MAX_ARG = 32 * 1024  # one argv element or env value (Linux allows 128 KiB)
+MAX_ITEMS = 1024  # argv elements, env entries, ports, volumes, dependsOn, outputs ...
 
-Port = Annotated[int, Field(ge=1, le=65535)]
+# Every pattern is anchored (^...$): pydantic-core searches with `pattern`, and `$` is
+# the end of the text there (no match before a trailing newline), so these are full
+# matches, in the file store and in the CRD's openAPIV3Schema alike.
+DNS1123_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+LABEL_KEY_PATTERN = (r"^([a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?/)?"
+                     r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
+LABEL_VALUE_PATTERN = r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$"
+ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
+TEXT_PATTERN = r"^[^\x00]*$"  # anything but NUL, which no argv, environment or path can hold
+CONTAINER_PATH_PATTERN = r"^/[^\x00:]*$"  # absolute; ':' would split Docker's bind syntax
+HOST_PATH_PATTERN = r"^[^\x00:]+$"
+HTTP_PATH_PATTERN = r"^/[!-~]*$"  # printable ASCII, no space, CR or LF: percent-encode the rest
+HOST_PATTERN = (r"^([A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?)*"
+                r"|[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*)$")  # a host name, an IPv4 or an IPv6 address
+# Docker's reference grammar (distribution/reference): [domain[:port]/]path[:tag][@digest].
+_IMG_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_IMG_DOMAIN = r"(?:[A-Za-z0-9](?:[-A-Za-z0-9]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[-A-Za-z0-9]*[A-Za-z0-9])?)*(?::[0-9]+)?)"
+IMAGE_PATTERN = (rf"^(?:{_IMG_DOMAIN}/)?{_IMG_COMPONENT}(?:/{_IMG_COMPONENT})*"
+                 r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?"
+                 r"(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9A-Fa-f]{32,})?$")
+MEMORY_PATTERN = r"^[0-9]{1,15}(\.[0-9]{1,6})?([kKmMgGtT][iI]?)?[bB]?$"
+USER_PATTERN = r"^[A-Za-z0-9_][-A-Za-z0-9_.]{0,63}(:[A-Za-z0-9_][-A-Za-z0-9_.]{0,63})?$"
+TF_NAME_PATTERN = r"^[A-Za-z_][-A-Za-z0-9_]{0,255}$"
+TF_LOG_PATTERN = r"^(TRACE|DEBUG|INFO|WARN|ERROR|OFF|JSON|trace|debug|info|warn|error|off|json)$"
+
+# What a pattern means, for error messages (converge.validation).
+PATTERN_HINTS = {
+    DNS1123_LABEL_PATTERN: "must be a DNS-1123 label: at most 63 lowercase letters, digits and '-', "
+                           "starting and ending with a letter or digit",
+    LABEL_KEY_PATTERN: "is not a valid label key ([prefix/]name: name at most 63 letters, digits, "
+                       "'-', '_', '.', starting and ending with a letter or digit)",
+    LABEL_VALUE_PATTERN: "is not a valid label value (at most 63 letters, digits, '-', '_', '.', "
+                         "starting and ending with a letter or digit)",
+    ENV_NAME_PATTERN: "is not a valid environment variable name (letters, digits and '_', not starting "
+                      "with a digit)",
+    TEXT_PATTERN: "must not contain a NUL byte",
+    CONTAINER_PATH_PATTERN: "must be an absolute path inside the container, without NUL or ':'",
+    HOST_PATH_PATTERN: "must be a path without NUL or ':'",
+    HTTP_PATH_PATTERN: "must be an absolute request path of printable ASCII without spaces or line "
+                       "breaks (percent-encode the rest)",
+    HOST_PATTERN: "must be a host name or an IP address",
+    IMAGE_PATTERN: "is not a valid image reference ([registry/]repository[:tag][@digest], repository "
+                   "in lowercase)",
+    MEMORY_PATTERN: "is not a size like 128m, 512Mi or 1g",
+    USER_PATTERN: "is not a user like 'name', '1000' or '1000:1000'",
+    TF_NAME_PATTERN: "is not a Terraform name (at most 256 letters, digits, '_' and '-', not starting with a "
+                     "digit)",
+    TF_LOG_PATTERN: "is not a TF_LOG level (TRACE, DEBUG, INFO, WARN, ERROR, OFF or JSON)",
+}
+
+DNSLabel = Annotated[str, StringConstraints(max_length=63, pattern=DNS1123_LABEL_PATTERN)]
+LabelKey = Annotated[str, StringConstraints(max_length=317, pattern=LABEL_KEY_PATTERN)]
+LabelValue = Annotated[str, StringConstraints(max_length=63, pattern=LABEL_VALUE_PATTERN)]
+EnvName = Annotated[str, StringConstraints(min_length=1, max_length=256, pattern=ENV_NAME_PATTERN)]
+Text = Annotated[str, StringConstraints(max_length=MAX_ARG, pattern=TEXT_PATTERN)]
+LocalPath = Annotated[str, StringConstraints(min_length=1, max_length=MAX_PATH, pattern=TEXT_PATTERN)]
+HostPath = Annotated[str, StringConstraints(min_length=1, max_length=MAX_PATH, pattern=HOST_PATH_PATTERN)]
+ContainerPath = Annotated[str, StringConstraints(max_length=MAX_PATH, pattern=CONTAINER_PATH_PATTERN)]
+ImageRef = Annotated[str, StringConstraints(min_length=1, max_length=512, pattern=IMAGE_PATTERN)]
+TfName = Annotated[str, StringConstraints(pattern=TF_NAME_PATTERN)]  # bounded by the pattern (a CRD map key)
+Port = Annotated[int, Strict(), Field(ge=1, le=65535)]
+
+
+def seconds(default: float, ge: float, le: float, description: str | None = None) -> Any:
+    """A finite, bounded number of seconds (ints are fine, booleans and strings are not)."""
+    return Field(default=default, ge=ge, le=le, allow_inf_nan=False, strict=True, description=description)
 
 
 class Model(BaseModel):
@@ -39,12 +119,23 @@ def cel(rule: str, message: str) -> ConfigDict:
     return ConfigDict(json_schema_extra={"x-kubernetes-validations": [{"rule": rule, "message": message}]})
 
 
-def _dns_label(value: str, what: str) -> str:
-    if len(value) > 63 or not DNS1123_LABEL.match(value):
-        raise ValueError(
-            f"{what} {value!r} must be a DNS-1123 label: at most 63 lowercase letters, digits "
-            "and '-', starting and ending with a letter or digit"
-        )
+DNS1123_LABEL = re.compile(DNS1123_LABEL_PATTERN)
+
+
+def is_dns_label(value: str) -> bool:
+    """Full match (re.match's `$` would accept a trailing newline)."""
+    return len(value) <= 63 and DNS1123_LABEL.fullmatch(value) is not None
+
+
+class InvalidName(ValueError):
+    """A namespace or name given outside a manifest is not a DNS-1123 label."""
+
+
+def check_name(value: str, what: str = "name") -> str:
+    """A namespace or name given outside a manifest (a CLI flag or argument, a client
+    call): never a path into or out of the store."""
+    if not is_dns_label(value):
+        raise InvalidName(f"{what} {value[:80]!r} {PATTERN_HINTS[DNS1123_LABEL_PATTERN]}")
     return value
 
 
@@ -52,36 +143,16 @@ def _dns_label(value: str, what: str) -> str:
 
 
 class ObjectMeta(Model):
-    name: str = Field(description="DNS-1123 label, unique in its namespace.")
-    namespace: str = Field(default="default", description="Local mode: a folder of the store.")
-    labels: dict[str, str] = Field(default_factory=dict)
-    annotations: dict[str, str] = Field(default_factory=dict)
+    name: DNSLabel = Field(description="DNS-1123 label, unique in its namespace.")
+    namespace: DNSLabel = Field(default="default", description="Local mode: a folder of the store.")
+    labels: dict[LabelKey, LabelValue] = Field(default_factory=dict)
+    annotations: dict[LabelKey, str] = Field(default_factory=dict)
     uid: str | None = Field(default=None, description="Set by the store on creation.")
     resourceVersion: str | None = Field(default=None, description="Optimistic concurrency token.")
     generation: int | None = Field(default=None, description="Incremented on each spec change.")
     creationTimestamp: datetime | None = None
     deletionTimestamp: datetime | None = None
     finalizers: list[str] = Field(default_factory=list)
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str) -> str:
-        return _dns_label(v, "name")
-
-    @field_validator("namespace")
-    @classmethod
-    def _namespace(cls, v: str) -> str:
-        return _dns_label(v, "namespace")
-
-    @field_validator("labels")
-    @classmethod
-    def _labels(cls, v: dict[str, str]) -> dict[str, str]:
-        for key, value in v.items():
-            if len(key) > 253 or not LABEL_KEY.match(key):
-                raise ValueError(f"label key {key!r} is not a valid label key")
-            if len(value) > 63 or not LABEL_VALUE.match(value):
-                raise ValueError(f"label value {value!r} of {key!r} is not a valid label value")
-        return v
 
 
 # --------------------------------------------------------------------------- env
@@ -95,8 +166,9 @@ class ValueFrom(Model):
     """Where a secret value comes from. The value itself never reaches status or logs."""
 
     model_config = cel("has(self.file) != has(self.env)", ONE_VALUE_FROM)
-    file: str | None = Field(default=None, description="Read the value from this file.")
-    env: str | None = Field(default=None, description="Read the value from the controller's environment.")
+
+    file: LocalPath | None = Field(default=None, description="Read the value from this file.")
+    env: EnvName | None = Field(default=None, description="Read the value from the controller's environment.")
 
     @model_validator(mode="after")
     def _one(self) -> ValueFrom:
@@ -108,16 +180,9 @@ class ValueFrom(Model):
 class EnvVar(Model):
     model_config = cel("!has(self.value) || !has(self.valueFrom)", VALUE_XOR_VALUE_FROM)
 
-    name: str
-    value: str | None = None
+    name: EnvName
+    value: Text | None = None
     valueFrom: ValueFrom | None = None
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str) -> str:
-        if not ENV_NAME.match(v):
-            raise ValueError(f"environment variable name {v!r} is not valid")
-        return v
 
     @model_validator(mode="after")
     def _one(self) -> EnvVar:
@@ -127,12 +192,29 @@ class EnvVar(Model):
 
 
 def _normalize_env(v: Any) -> Any:
-    """Accept the short form {NAME: value} as well as the list of EnvVar."""
+    """Accept the short form {NAME: value} as well as the list of EnvVar. Values are
+    strings (quote numbers), null, or a mapping with valueFrom."""
     if isinstance(v, dict):
-        return [
-            {"name": k, **val} if isinstance(val, dict) else {"name": k, "value": None if val is None else str(val)}
-            for k, val in v.items()
-        ]
+        out = []
+        for k, val in v.items():
+            if isinstance(val, dict):
+                out.append({"name": k, **val})
+            elif val is None or isinstance(val, str):
+                out.append({"name": k, "value": val})
+            else:
+                raise ValueError(f"env {str(k)[:80]!r}: the value must be a string (quote it), "
+                                 f"got {type(val).__name__}")
+        return out
+    return v
+
+
+EnvList = Annotated[list[EnvVar], Field(max_length=MAX_ITEMS)]
+Argv = Annotated[list[Text], Field(max_length=MAX_ITEMS)]
+
+
+def _argv0(v: list[str] | None) -> list[str] | None:
+    if v and not v[0].strip():
+        raise ValueError("the program (the first element) must not be empty")
     return v
 
 
@@ -142,21 +224,22 @@ def _normalize_env(v: Any) -> Any:
 class DaemonBackend(Model):
     """A local process, started detached in its own session."""
 
-    command: list[str] = Field(
+    command: Argv = Field(
         min_length=1,
         description="argv of the process; $(PORT) and $(NAME) are expanded, no shell is involved.",
     )
-    env: list[EnvVar] = Field(default_factory=list)
-    workingDir: str | None = None
-    stopGracePeriodSeconds: float = Field(default=10.0, ge=0, le=3600)
+    env: EnvList = Field(default_factory=list)
+    workingDir: LocalPath | None = None
+    stopGracePeriodSeconds: float = seconds(10.0, 0, 3600)
 
     _env = field_validator("env", mode="before")(_normalize_env)
+    _cmd = field_validator("command")(_argv0)
 
 
 class VolumeMount(Model):
-    hostPath: str
-    containerPath: str
-    readOnly: bool = False
+    hostPath: HostPath
+    containerPath: ContainerPath
+    readOnly: StrictBool = False
 
 
 class ContainerPort(Model):
@@ -165,121 +248,71 @@ class ContainerPort(Model):
     protocol: Literal["tcp", "udp"] = "tcp"
 
 
+_MEMORY_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+MIN_MEMORY = 6 * 1024**2  # Docker's minimum
+MAX_MEMORY = 1024**5
+
+
+def memory_bytes(value: str) -> int:
+    """A size in MEMORY_PATTERN's notation (128m, 512Mi, 1g, 1.5G) in bytes."""
+    text = value.lower().removesuffix("b").removesuffix("i")
+    unit = text[-1:] if text[-1:] in _MEMORY_UNITS else ""
+    return int(float(text[: len(text) - len(unit)]) * _MEMORY_UNITS[unit])
+
+
 class Resources(Model):
-    memory: str | None = Field(default=None, description="e.g. 128m, 1g")
-    cpus: float | None = Field(default=None, gt=0)
+    memory: Annotated[str, StringConstraints(max_length=32, pattern=MEMORY_PATTERN)] | None = Field(
+        default=None, description="e.g. 128m, 512Mi, 1g (at least 6m)")
+    cpus: float | None = Field(default=None, gt=0, le=1024, allow_inf_nan=False, strict=True)
+
+    @field_validator("memory")
+    @classmethod
+    def _memory(cls, v: str | None) -> str | None:
+        if v is not None and not MIN_MEMORY <= memory_bytes(v) <= MAX_MEMORY:
+            raise ValueError(f"{v!r} is out of range: at least 6m (Docker's minimum), at most 1p")
+        return v
 
 
 class ContainerBackend(Model):
-    image: str = Field(min_length=1)
-    command: list[str] | None = None
-    args: list[str] | None = None
-    env: list[EnvVar] = Field(default_factory=list)
-    ports: list[ContainerPort] = Field(default_factory=list)
-    volumes: list[VolumeMount] = Field(default_factory=list)
-    workingDir: str | None = None
-    user: str | None = None
+    image: ImageRef
+    command: Argv | None = None
+    args: Argv | None = None
+    env: EnvList = Field(default_factory=list)
+    ports: list[ContainerPort] = Field(default_factory=list, max_length=MAX_ITEMS)
+    volumes: list[VolumeMount] = Field(default_factory=list, max_length=MAX_ITEMS)
+    workingDir: ContainerPath | None = None
+    user: Annotated[str, StringConstraints(max_length=129, pattern=USER_PATTERN)] | None = None
     resources: Resources | None = None
     imagePullPolicy: Literal["IfNotPresent", "Always", "Never"] = "IfNotPresent"
-    stopGracePeriodSeconds: float = Field(default=10.0, ge=0, le=3600)
+    stopGracePeriodSeconds: float = seconds(10.0, 0, 3600)
 
     _env = field_validator("env", mode="before")(_normalize_env)
+    _cmd = field_validator("command")(_argv0)
 
 
 class TerraformBackend(Model):
-    directory: str = Field(min_length=1, description="The recipe: a directory of .tf files.")
-    variables: dict[str, Any] = Field(default_factory=dict)
-    variableFiles: list[str] = Field(default_factory=list)
-    outputs: list[str] = Field(default_factory=list, description="Outputs to publish in status.")
-    copy_: bool = Field(default=True, alias="copy", description="Copy the recipe into the runtime dir.")
-    logLevel: str | None = Field(default=None, description="TF_LOG")
-    timeoutSeconds: float = Field(default=600, gt=0)
-    endpointOutput: str | None = Field(default=None, description="Output holding the endpoint URI.")
-
-
-DNS1123_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
-CONFIG_KEY = r"^[-._a-zA-Z0-9]+$"
-QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$"
-ONE_KEY_REF = "valueFrom needs exactly one of 'secretKeyRef' or 'configMapKeyRef'"
-
-
-class KeyRef(Model):
-    """One key of a Secret or ConfigMap in the service's namespace."""
-
-    name: str = Field(max_length=253, pattern=DNS1123_SUBDOMAIN)
-    key: str = Field(max_length=253, pattern=CONFIG_KEY)
-    optional: bool = False
-
-
-class KubeValueFrom(Model):
-    """Where a pod's variable comes from: resolved by the kubelet, never read by converge."""
-
-    model_config = cel("has(self.secretKeyRef) != has(self.configMapKeyRef)", ONE_KEY_REF)
-
-    secretKeyRef: KeyRef | None = None
-    configMapKeyRef: KeyRef | None = None
-
-    @model_validator(mode="after")
-    def _one(self) -> KubeValueFrom:
-        if (self.secretKeyRef is None) == (self.configMapKeyRef is None):
-            raise ValueError(ONE_KEY_REF)
-        return self
-
-
-class KubeEnvVar(Model):
-    model_config = cel("!has(self.value) || !has(self.valueFrom)", VALUE_XOR_VALUE_FROM)
-
-    name: str
-    value: str | None = None
-    valueFrom: KubeValueFrom | None = None
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str) -> str:
-        if not ENV_NAME.match(v):
-            raise ValueError(f"environment variable name {v!r} is not valid")
-        return v
-
-    @model_validator(mode="after")
-    def _one(self) -> KubeEnvVar:
-        if self.value is not None and self.valueFrom is not None:
-            raise ValueError(VALUE_XOR_VALUE_FROM)
-        return self
-
-
-class ResourceList(Model):
-    cpu: str | None = Field(default=None, pattern=QUANTITY, description="e.g. 250m, 1")
-    memory: str | None = Field(default=None, pattern=QUANTITY, description="e.g. 128Mi, 1Gi")
-
-
-class KubeResources(Model):
-    requests: ResourceList | None = None
-    limits: ResourceList | None = None
+    directory: LocalPath = Field(description="The recipe: a directory of .tf files.")
+    variables: dict[TfName, JsonValue] = Field(default_factory=dict, max_length=MAX_ITEMS)
+    variableFiles: list[LocalPath] = Field(default_factory=list, max_length=MAX_ITEMS)
+    outputs: list[TfName] = Field(default_factory=list, max_length=MAX_ITEMS,
+                                  description="Outputs to publish in status.")
+    copy_: StrictBool = Field(default=True, alias="copy", description="Copy the recipe into the runtime dir.")
+    logLevel: Annotated[str, StringConstraints(pattern=TF_LOG_PATTERN)] | None = Field(
+        default=None, description="TF_LOG")
+    timeoutSeconds: float = seconds(600, 1, 86400)
+    endpointOutput: TfName | None = Field(default=None, description="Output holding the endpoint URI.")
 
 
 class KubernetesBackend(Model):
-    """A Deployment and a Service in the ManagedService's namespace."""
-
-    image: str = Field(min_length=1, max_length=512)
-    imagePullPolicy: Literal["IfNotPresent", "Always", "Never"] | None = None
-    replicas: int = Field(default=1, ge=0, le=1000)
-    command: list[str] | None = None
-    args: list[str] | None = None
-    env: list[KubeEnvVar] = Field(default_factory=list)
-    ports: list[Port] = Field(default_factory=list, max_length=32,
-                              json_schema_extra={"x-kubernetes-list-type": "set"},
-                              description="Container ports, each also a port of the Service.")
-    resources: KubeResources | None = None
-    serviceAccountName: str | None = Field(default=None, max_length=253, pattern=DNS1123_SUBDOMAIN)
+    image: ImageRef
+    replicas: StrictInt = Field(default=1, ge=0, le=1000)
+    command: Argv | None = None
+    args: Argv | None = None
+    env: EnvList = Field(default_factory=list)
+    ports: list[Port] = Field(default_factory=list, max_length=MAX_ITEMS)
 
     _env = field_validator("env", mode="before")(_normalize_env)
-
-    @field_validator("ports")
-    @classmethod
-    def _ports(cls, v: list[int]) -> list[int]:
-        if len(set(v)) != len(v):
-            raise ValueError("ports lists a port twice")
-        return v
+    _cmd = field_validator("command")(_argv0)
 
 
 BACKEND_KINDS = ("daemon", "container", "terraform", "kubernetes")
@@ -325,13 +358,13 @@ class Backend(Model):
 
 
 class HttpCheck(Model):
-    path: str = "/"
-    status: int = Field(default=200, ge=100, le=599)
-    timeoutSeconds: float = Field(default=2.0, gt=0, le=60)
+    path: Annotated[str, StringConstraints(max_length=2048, pattern=HTTP_PATH_PATTERN)] = "/"
+    status: StrictInt = Field(default=200, ge=100, le=599)
+    timeoutSeconds: float = seconds(2.0, 0.1, 60)
 
 
 class TcpCheck(Model):
-    timeoutSeconds: float = Field(default=2.0, gt=0, le=60)
+    timeoutSeconds: float = seconds(2.0, 0.1, 60)
 
 
 ONE_CHECK = "healthCheck needs exactly one of 'http' or 'tcp'"
@@ -346,9 +379,9 @@ class HealthCheck(Model):
 
     http: HttpCheck | None = None
     tcp: TcpCheck | None = None
-    periodSeconds: float = Field(default=10.0, gt=0, description="Probe interval once healthy.")
-    failureThreshold: int = Field(default=3, ge=1, description="Consecutive failures that mean error.")
-    startupTimeoutSeconds: float = Field(default=60.0, gt=0, description="Longest pending_startup.")
+    periodSeconds: float = seconds(10.0, 0.1, 3600, "Probe interval once healthy.")
+    failureThreshold: StrictInt = Field(default=3, ge=1, le=1000, description="Consecutive failures that mean error.")
+    startupTimeoutSeconds: float = seconds(60.0, 1, 86400, "Longest pending_startup.")
 
     @model_validator(mode="after")
     def _one(self) -> HealthCheck:
@@ -361,10 +394,20 @@ class Endpoint(Model):
     model_config = cel("has(self.port) || (has(self.allocatePort) && self.allocatePort)", PORT_OR_ALLOCATE)
 
     protocol: Literal["tcp", "http", "https"] = "http"
-    host: str = "127.0.0.1"
+    host: Annotated[str, StringConstraints(max_length=253, pattern=HOST_PATTERN)] = "127.0.0.1"
     port: Port | None = Field(default=None, description="Preferred port.")
-    allocatePort: bool = Field(default=False, description="Pick a free port if the preferred one is busy.")
+    allocatePort: StrictBool = Field(default=False, description="Pick a free port if the preferred one is busy.")
     healthCheck: HealthCheck | None = None
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, v: str) -> str:
+        if ":" in v:
+            try:
+                ipaddress.IPv6Address(v)
+            except ValueError:
+                raise ValueError(f"{v!r} is not a valid IPv6 address") from None
+        return v
 
     @model_validator(mode="after")
     def _port(self) -> Endpoint:
@@ -376,9 +419,9 @@ class Endpoint(Model):
 class RestartPolicy(Model):
     model_config = cel("self.maxBackoffSeconds >= self.backoffSeconds", BACKOFF_ORDER)
 
-    backoffSeconds: float = Field(default=1.0, gt=0, le=3600)
-    maxBackoffSeconds: float = Field(default=300.0, gt=0, le=86400)
-    resetAfterSeconds: float = Field(default=60.0, gt=0, description="Healthy this long resets the backoff.")
+    backoffSeconds: float = seconds(1.0, 0.1, 3600)
+    maxBackoffSeconds: float = seconds(300.0, 0.1, 86400)
+    resetAfterSeconds: float = seconds(60.0, 0.1, 86400, "Healthy this long resets the backoff.")
 
     @model_validator(mode="after")
     def _order(self) -> RestartPolicy:
@@ -397,7 +440,8 @@ class ManagedServiceSpec(Model):
     model_config = cel("!has(self.backend.terraform) || self.adminState != 'suspended'", TERRAFORM_NOT_SUSPENDED)
 
     adminState: AdminState = AdminState.active
-    dependsOn: list[str] = Field(default_factory=list, json_schema_extra={"x-kubernetes-list-type": "set"})
+    dependsOn: list[DNSLabel] = Field(default_factory=list, max_length=MAX_ITEMS,
+                                      json_schema_extra={"x-kubernetes-list-type": "set"})
     backend: Backend
     endpoint: Endpoint | None = None
     restartPolicy: RestartPolicy = Field(default_factory=RestartPolicy)
@@ -405,8 +449,6 @@ class ManagedServiceSpec(Model):
     @field_validator("dependsOn")
     @classmethod
     def _deps(cls, v: list[str]) -> list[str]:
-        for name in v:
-            _dns_label(name, "dependsOn entry")
         if len(set(v)) != len(v):
             raise ValueError("dependsOn lists a service twice")
         return v

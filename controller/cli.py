@@ -67,6 +67,7 @@ def make_client(store: str | None, kubeconfig: str | None = None, context: str |
 
 def _error_exit(exc: Exception, code: int = 1) -> NoReturn:
     """Known errors as one line each; anything else propagates (a bug: show the traceback)."""
+    from converge.api import InvalidName
     from converge.client import NotStarted, WaitTimeout
     from converge.manifest import ManifestError
     from converge.selector import SelectorError
@@ -78,7 +79,7 @@ def _error_exit(exc: Exception, code: int = 1) -> NoReturn:
         fail("nothing was applied", code)
     if isinstance(exc, NotFound):
         fail(f"managedservice {exc} not found", code)
-    if isinstance(exc, StoreError | SelectorError | WaitTimeout | NotStarted | ClusterModeUnavailable):
+    if isinstance(exc, StoreError | SelectorError | WaitTimeout | NotStarted | ClusterModeUnavailable | InvalidName):
         fail(str(exc), code)
     raise exc
 
@@ -126,15 +127,22 @@ class Ctx:
         return self.namespace or "default"
 
     def key(self, name: str) -> ServiceKey:
-        from converge.api import ServiceKey
+        from converge.api import ServiceKey, check_name
 
-        return ServiceKey(self.ns, name)
+        return ServiceKey(self.ns, check_name(name))  # a name is never a path
 
 
 def _set_global(attr: str) -> Callable[[click.Context, click.Parameter, Any], None]:
     def callback(ctx: click.Context, _param: click.Parameter, value: Any) -> None:
         if value is None or value is False or ctx.resilient_parsing:
             return
+        if attr == "namespace":  # never a path into or out of the store
+            from converge.api import InvalidName, check_name
+
+            try:
+                check_name(value, "namespace")
+            except InvalidName as exc:
+                raise click.BadParameter(str(exc), ctx, _param) from None
         obj = ctx.find_object(Ctx)
         if obj is None:
             obj = ctx.ensure_object(Ctx)
@@ -230,10 +238,7 @@ def _selected_keys(c: Ctx, names: tuple[str, ...], selector: str | None, all_: b
     if names:
         return [c.key(n) for n in names]
     if files:
-        objs = c.client.load(*files)
-        from converge.api import ServiceKey
-
-        return [ServiceKey(c.namespace or o.metadata.namespace, o.metadata.name) for o in objs]
+        return [o.key for o in c.client.load(*files, namespace=c.namespace)]
     from converge.selector import parse_selector
 
     return [o.key for o in c.client.store.list(c.ns, parse_selector(selector or "")).items]
@@ -261,10 +266,7 @@ def _report(outcomes: dict[Any, Outcome], verb: str) -> None:
 @handle_errors
 def apply(c: Ctx, files: tuple[str, ...], dry_run: bool) -> None:
     """Record desired state from manifests (validated all before anything is written)."""
-    objs = c.client.load_for_apply(*files)
-    if c.namespace:
-        for o in objs:
-            o.metadata.namespace = c.namespace
+    objs = c.client.load_for_apply(*files, namespace=c.namespace)
     for r in c.client.apply(objs, dry_run=dry_run):
         click.echo(f"managedservice/{r.key.name} {r.action}")
 
@@ -279,10 +281,7 @@ def diff(c: Ctx, files: tuple[str, ...]) -> None:
     from converge.store import NotFound
 
     try:
-        objs = c.client.load_for_apply(*files)
-        if c.namespace:
-            for o in objs:
-                o.metadata.namespace = c.namespace
+        objs = c.client.load_for_apply(*files, namespace=c.namespace)
         out = []
         for o in objs:
             try:

@@ -23,9 +23,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from converge import manifest
-from converge.api import AdminState, ManagedService, ServiceKey
+from converge.api import AdminState, ManagedService, ServiceKey, check_name
 from converge.conditions import READY
-from converge.filestore import FileStore, default_root
+from converge.filestore import FileStore
 from converge.reconciler import Outcome, Reconciler
 from converge.registry import Backends, available_kinds
 from converge.runtime import Runtime
@@ -68,26 +68,29 @@ class Client:
 
     @classmethod
     def local(cls, root: str | Path | None = None) -> Client:
-        """The file store at root (default $CONVERGE_STORE or ./.converge), made absolute so
-        every path written in status (a daemon's log) means the same from anywhere."""
-        return cls(FileStore((Path(root) if root is not None else default_root()).absolute()))
+        return cls(FileStore(root))
 
     @staticmethod
-    def load(*sources: str, existing: Iterable[ManagedService] = ()) -> list[ManagedService]:
-        """Read and validate manifests (files, folders, "-"); raises manifest.ManifestError."""
-        return manifest.load(sources, available_kinds(), existing)
+    def load(*sources: str, existing: Iterable[ManagedService] = (),
+             namespace: str | None = None) -> list[ManagedService]:
+        """Read and validate manifests (files, folders, "-"); raises manifest.ManifestError.
+        `namespace` replaces the manifests' namespaces before any check."""
+        return manifest.load(sources, available_kinds(), existing, namespace)
 
-    def load_for_apply(self, *sources: str) -> list[ManagedService]:
+    def load_for_apply(self, *sources: str, namespace: str | None = None) -> list[ManagedService]:
         """Like load, with the stored services taking part in the dependsOn cycle check."""
-        return self.load(*sources, existing=self.store.list().items)
+        return self.load(*sources, existing=self.store.list().items, namespace=namespace)
 
     # ------------------------------------------------------------------ desired state
 
     def apply(self, objs: Iterable[ManagedService], dry_run: bool = False) -> list[ApplyResult]:
-        results = []
-        for obj in objs:
-            results.append(self._apply_one(obj, dry_run))
-        return results
+        """All or nothing as far as this client can tell: every object is checked against
+        the store (e.g. not being deleted) before the first one is written."""
+        objs = list(objs)
+        planned = [self._apply_one(obj, dry_run=True) for obj in objs]
+        if dry_run:
+            return planned
+        return [self._apply_one(obj, False) for obj in objs]
 
     def _apply_one(self, obj: ManagedService, dry_run: bool) -> ApplyResult:
         suffix = " (dry run)" if dry_run else ""
@@ -119,8 +122,14 @@ class Client:
             return ApplyResult(obj.key, "configured")
         raise Conflict(f"{obj.key}: gave up after {APPLY_RETRIES} concurrent modifications")
 
+    @staticmethod
+    def key(name: str, namespace: str = "default") -> ServiceKey:
+        """The key of a service named by a user; raises api.InvalidName for anything that
+        is not a DNS-1123 label (a name is never a path)."""
+        return ServiceKey(check_name(namespace, "namespace"), check_name(name))
+
     def get(self, name: str, namespace: str = "default") -> ManagedService:
-        return self.store.get(ServiceKey(namespace, name))
+        return self.store.get(self.key(name, namespace))
 
     def list(self, namespace: str | None = None, selector: str | Selector | None = None) -> list[ManagedService]:
         sel = parse_selector(selector) if isinstance(selector, str) or selector is None else selector
@@ -158,7 +167,7 @@ class Client:
     def _select(self, selector: str | None, names: Iterable[str], namespace: str | None) -> builtins.list[ServiceKey]:
         names = list(names)
         if names:
-            return [ServiceKey(namespace or "default", n) for n in names]
+            return [self.key(n, namespace or "default") for n in names]
         return [o.key for o in self.list(namespace, selector)]
 
     def set_admin_state(self, state: AdminState, selector: str | None = None, names: Iterable[str] = (),
@@ -188,7 +197,7 @@ class Client:
 
     def delete(self, name: str, namespace: str = "default", force: bool = False, timeout: float = 60.0) -> Outcome:
         """Deprovision, then forget. force: forget even if deprovisioning did not finish."""
-        key = ServiceKey(namespace, name)
+        key = self.key(name, namespace)
         if self._update(key, "delete", None) is None:
             raise NotFound(str(key))
         out = self.reconcile([key], timeout).get(key, Outcome(key))
@@ -207,7 +216,7 @@ class Client:
         """Until the condition has the wanted status (a string: "Ready" means Ready=True;
         or a WaitFor, see converge.waiting), or for deletion until the object is gone
         (returns None then, at once if it never existed). WaitTimeout says why not."""
-        return self.wait_all([ServiceKey(namespace, name)], condition, timeout, poll)[0]
+        return self.wait_all([self.key(name, namespace)], condition, timeout, poll)[0]
 
     def wait_all(self, keys: Iterable[ServiceKey], condition: str | WaitFor = "Ready", timeout: float = 60.0,
                  poll: float = 0.1, on_met: Callable[[ServiceKey], None] | None = None,

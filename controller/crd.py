@@ -9,7 +9,9 @@ requires) without knowing any field by name:
 - constraints pass through (enum, minimum/maximum, patterns, lengths, item counts,
   required); `const` becomes a one-value enum, JSON-schema-2020 exclusive bounds become
   OpenAPI 3.0 ones, `uniqueItems` becomes `x-kubernetes-list-type: set`;
-- maps become `additionalProperties`, free-form values (`Any`) and models that allow
+- maps become `additionalProperties`; constraints on a map's keys (`patternProperties`,
+  `propertyNames`, which structural schemas lack) become CEL rules over the keys;
+- free-form values (`Any`) and models that allow
   extra fields (third-party backends) become `x-kubernetes-preserve-unknown-fields`;
 - cross-field rules the models declare next to their validators
   (`x-kubernetes-validations`, CEL) pass through.
@@ -25,7 +27,15 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
-from converge.api import API_GROUP, API_VERSION, KIND, ManagedServiceSpec, ManagedServiceStatus, ObjectMeta
+from converge.api import (
+    API_GROUP,
+    API_VERSION,
+    KIND,
+    PATTERN_HINTS,
+    ManagedServiceSpec,
+    ManagedServiceStatus,
+    ObjectMeta,
+)
 
 PLURAL = "managedservices"
 SINGULAR = "managedservice"
@@ -89,10 +99,22 @@ def _merge_any_of(node: dict[str, Any], defs: dict[str, Any], path: str) -> dict
     return out
 
 
+def _key_message(pattern: str) -> str:
+    """The message local validation gives for the pattern (converge.fielderrors), so both say the same."""
+    return PATTERN_HINTS.get(pattern, f"must match {pattern}")
+
+
+def _key_rule(condition: str, message: str, pattern: str | None = None) -> dict[str, str]:
+    if pattern is not None and "'" in pattern:
+        raise SchemaError(f"a key pattern with a quote cannot be said in CEL here: {pattern}")
+    return {"rule": f"self.all(k, {condition})", "message": message}
+
+
 def structural(node: dict[str, Any], defs: dict[str, Any], path: str = "") -> dict[str, Any]:
     """One JSON-schema node (pydantic's output) as a structural OpenAPI v3 schema."""
     node = _merge_any_of(_merge_ref(node, defs), defs, path)
     out: dict[str, Any] = {}
+    key_rules: list[dict[str, str]] = []
     for key, value in node.items():
         if key in _DROP:
             continue
@@ -113,6 +135,26 @@ def structural(node: dict[str, Any], defs: dict[str, Any], path: str = "") -> di
             out[key] = {k: structural(v, defs, f"{path}.{k}") for k, v in value.items()}
         elif key == "items":
             out[key] = structural(value, defs, f"{path}[]")
+        elif key == "patternProperties":  # dict[Annotated[str, pattern], V]: the keys' pattern
+            if len(value) != 1:
+                raise SchemaError(f"{path}: several key patterns have no structural schema")
+            [(pattern, values)] = value.items()
+            values = structural(values, defs, f"{path}.*")
+            if values == {"x-kubernetes-preserve-unknown-fields": True}:  # a map of anything
+                out["x-kubernetes-preserve-unknown-fields"] = True
+            else:
+                out["additionalProperties"] = values
+            key_rules.append(_key_rule(f"k.matches(r'{pattern}')", _key_message(pattern), pattern))
+        elif key == "propertyNames":  # the other constraints on the keys
+            for k, limit in value.items():
+                if k == "maxLength":
+                    key_rules.append(_key_rule(f"size(k) <= {int(limit)}", f"every key is at most {limit} characters"))
+                elif k == "minLength":
+                    key_rules.append(_key_rule(f"size(k) >= {int(limit)}", f"every key is at least {limit} characters"))
+                elif k == "pattern":
+                    key_rules.append(_key_rule(f"k.matches(r'{limit}')", _key_message(limit), limit))
+                else:
+                    raise SchemaError(f"{path}: key constraint {k!r} has no CRD equivalent here")
         elif key == "additionalProperties":
             if value is True or value == {}:
                 out["x-kubernetes-preserve-unknown-fields"] = True
@@ -128,6 +170,8 @@ def structural(node: dict[str, Any], defs: dict[str, Any], path: str = "") -> di
             out[key] = value
         else:
             raise SchemaError(f"{path or '<root>'}: JSON schema keyword {key!r} has no CRD equivalent here")
+    if key_rules:
+        out["x-kubernetes-validations"] = [*out.get("x-kubernetes-validations", []), *key_rules]
     out = {k: out[k] for k in sorted(out, key=lambda k: _KEEP.index(k) if k in _KEEP else len(_KEEP))}
     if not out.get("type") and not out.get("x-kubernetes-preserve-unknown-fields"):
         if node.get("type") is None and not set(out) - {"description", "default"}:

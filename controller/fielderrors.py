@@ -15,6 +15,11 @@ import typing
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails
+
+from converge.api import PATTERN_HINTS
+
+SHOWN = 60  # characters of a rejected value that an error message repeats
 
 
 def _fields(model: type[BaseModel]) -> dict[str, Any]:
@@ -72,18 +77,44 @@ def unknown_field(name: str, known: list[str]) -> str:
     return f"unknown field {name!r} (known: {', '.join(known)})"
 
 
-def explain(exc: ValidationError, root: type[BaseModel]) -> list[str]:
+def shown(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= SHOWN else text[: SHOWN - 4] + "...'"
+
+
+def message(err: ErrorDetails) -> str:
+    """What is wrong, saying what a pattern means ("should match pattern '^[a-z0-9]...$'"
+    tells no one what to write) and what was given instead of a strict type."""
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    ctx = err.get("ctx") or {}
+    if err["type"] == "string_pattern_mismatch" and ctx.get("pattern") in PATTERN_HINTS:
+        return f"{shown(err['input'])} {PATTERN_HINTS[ctx['pattern']]}"
+    if err["type"] in ("int_type", "float_type", "bool_type", "string_type", "int_from_float"):
+        return f"{msg}, got {type(err['input']).__name__} {shown(err['input'])}"
+    return msg
+
+
+def format_validation_error(exc: ValidationError, root: type[BaseModel] | None = None) -> str:
+    """The problems on one line, separated by '; ' (e.g. a corrupt object in the store)."""
+    return "; ".join(explain(exc, root))
+
+
+def explain(exc: ValidationError, root: type[BaseModel] | None) -> list[str]:
     """One `path: message` line per error, in the manifest's own terms."""
     lines: list[str] = []
     for err in exc.errors():
         loc = tuple(err["loc"])
+        if loc and loc[-1] == "[key]":  # a mapping's key (e.g. a label key): name the mapping
+            where = path(loc[:-2])
+            lines.append(f"{where}: key {message(err)}" if where else f"key {message(err)}")
+            continue
         if err["type"] == "extra_forbidden" and loc:
-            parent = _model_at(root, loc[:-1])
+            parent = _model_at(root, loc[:-1]) if root is not None else None
             known = list(_fields(parent)) if parent is not None else []
             msg = unknown_field(str(loc[-1]), known) if known else f"unknown field {str(loc[-1])!r}"
             lines.append(f"{path(loc)}: {msg}")
             continue
-        msg = str(err["msg"]).removeprefix("Value error, ")
+        msg = message(err)
         where = path(loc)
         lines.append(f"{where}: {msg}" if where else msg)
     return list(dict.fromkeys(lines))

@@ -32,6 +32,7 @@ import yaml
 from pydantic import ValidationError
 
 from converge.api import ManagedService, ServiceKey
+from converge.fielderrors import format_validation_error
 from converge.selector import Selector
 from converge.store import AlreadyExists, Conflict, CorruptObject, ListResult, NotFound
 
@@ -49,21 +50,6 @@ LOCKS = "_locks"
 
 def default_root() -> Path:
     return Path(os.environ.get("CONVERGE_STORE", ".converge"))
-
-
-def format_validation_error(exc: ValidationError, prefix: str = "") -> str:
-    """`field.path: message` lines, the way users name fields."""
-    lines = []
-    for err in exc.errors():
-        loc = ""  # kubectl's spelling: spec.backend.daemon.env[0].name
-        for p in err["loc"]:
-            if isinstance(p, int):
-                loc += f"[{p}]"
-            elif not p.startswith("function-"):
-                loc += f".{p}" if loc else p
-        msg = err["msg"].removeprefix("Value error, ")
-        lines.append(f"{prefix}{loc}: {msg}" if loc else f"{prefix}{msg}")
-    return "; ".join(lines)
 
 
 def _sig(st: os.stat_result) -> _Sig:
@@ -131,7 +117,7 @@ class FileStore:
         try:
             obj = ManagedService.model_validate(data)
         except ValidationError as exc:
-            raise CorruptObject(str(path), format_validation_error(exc), key) from None
+            raise CorruptObject(str(path), format_validation_error(exc, ManagedService), key) from None
         expect = ServiceKey(path.parent.name, path.stem)
         if obj.key != expect:
             raise CorruptObject(str(path), f"holds {obj.key}, expected {expect}", key)

@@ -9,20 +9,22 @@ working directory.
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import ValidationError
 
-from converge.api import GROUP_VERSION, KIND, EnvVar, ManagedService
+from converge.api import GROUP_VERSION, KIND, MAX_OBJECT_BYTES, EnvVar, ManagedService, check_name
 from converge.deps import find_cycle
 from converge.fielderrors import explain
+from converge.yamlsafe import MAX_SOURCE_BYTES, YamlError, load_all
 
 SUFFIXES = (".yaml", ".yml", ".json")
+SERVER_FIELDS = ("uid", "resourceVersion", "generation", "creationTimestamp", "deletionTimestamp")
 
 
 class ManifestError(Exception):
@@ -41,6 +43,8 @@ class Document:
     data: Any
 
     def where(self, name: str | None = None) -> str:
+        if name is not None and not name.isprintable():
+            name = repr(name)[1:-1]  # a hostile name must not break the one-line error
         what = f'{KIND} "{name}"' if name else "document"
         return f"{self.source}: {what} (document {self.index})"
 
@@ -51,12 +55,31 @@ def _files(path: Path) -> list[Path]:
     return [path]
 
 
-def read_documents(sources: Iterable[str]) -> list[Document]:
+def _read_bounded(path: Path | None) -> str:
+    """The text of a file (or stdin), refusing more than MAX_SOURCE_BYTES without reading it all."""
+    if path is None:
+        data = sys.stdin.buffer.read(MAX_SOURCE_BYTES + 1)
+    else:
+        with path.open("rb") as f:
+            data = f.read(MAX_SOURCE_BYTES + 1)
+    if len(data) > MAX_SOURCE_BYTES:
+        raise ValueError(f"larger than {MAX_SOURCE_BYTES} bytes")
+    return data.decode("utf-8")
+
+
+def read_documents(sources: Iterable[str], problems: list[str] | None = None) -> list[Document]:
+    """The documents of every source. Problems (unreadable, not YAML, empty) are appended
+    to `problems` if given, else raised as one ManifestError."""
+    collect = problems is not None
     docs: list[Document] = []
-    problems: list[str] = []
+    problems = problems if problems is not None else []
     for src in sources:
+        entries: list[tuple[str, Path, str]] = []
         if src == "-":
-            entries: list[tuple[str, Path, str]] = [("<stdin>", Path.cwd(), sys.stdin.read())]
+            try:
+                entries.append(("<stdin>", Path.cwd(), _read_bounded(None)))
+            except (OSError, ValueError) as exc:
+                problems.append(f"<stdin>: cannot read: {exc}")
         else:
             path = Path(src)
             if not path.exists():
@@ -65,92 +88,150 @@ def read_documents(sources: Iterable[str]) -> list[Document]:
             files = _files(path)
             if path.is_dir() and not files:
                 problems.append(f"{src}: no manifest files (*.yaml, *.yml, *.json)")
-            entries = []
             for f in files:
                 try:
-                    entries.append((str(f), f.parent.resolve(), f.read_text()))
-                except (OSError, UnicodeDecodeError) as exc:
+                    entries.append((str(f), f.parent.resolve(), _read_bounded(f)))
+                except (OSError, ValueError, RuntimeError) as exc:  # UnicodeDecodeError is a ValueError
                     problems.append(f"{f}: cannot read: {exc}")
         for name, base, text in entries:
+            found = 0
             try:
-                for i, data in enumerate(yaml.safe_load_all(text), start=1):
+                for i, data in load_all(text):
                     if data is not None:
+                        found += 1
                         docs.append(Document(name, i, base, data))
-            except yaml.YAMLError as exc:
+            except YamlError as exc:
                 problems.append(f"{name}: not valid YAML: {exc}")
-    if problems:
+                continue
+            if not found:
+                problems.append(f"{name}: no objects found (the file is empty or holds only empty documents)")
+    if problems and not collect:
         raise ManifestError(problems)
     return docs
+
+
+class _PathError(Exception):
+    pass
 
 
 def _abs(base: Path, value: str | None) -> str | None:
     if value is None:
         return None
-    p = Path(value).expanduser()
-    return str(p if p.is_absolute() else (base / p).resolve())
+    try:
+        p = Path(value).expanduser()
+        return str(p if p.is_absolute() else (base / p).resolve())
+    except (RuntimeError, OSError, ValueError) as exc:  # ~nouser, a link loop, ...
+        raise _PathError(f"{value[:80]!r}: {exc}") from None
 
 
-def _resolve_env(base: Path, env: list[EnvVar]) -> None:
-    for var in env:
+def _resolve_env(base: Path, env: list[EnvVar], where: str) -> list[str]:
+    problems = []
+    for i, var in enumerate(env):
         if var.valueFrom is not None and var.valueFrom.file is not None:
-            var.valueFrom.file = _abs(base, var.valueFrom.file)
+            try:
+                var.valueFrom.file = _abs(base, var.valueFrom.file)
+            except _PathError as exc:
+                problems.append(f"{where}.env[{i}].valueFrom.file: {exc}")
+    return problems
 
 
-def resolve_paths(obj: ManagedService, base: Path) -> None:
+def resolve_paths(obj: ManagedService, base: Path) -> list[str]:
+    """Make the spec's host paths absolute (against the manifest's folder); the problems
+    found, each naming its field."""
     b = obj.spec.backend
+    problems: list[str] = []
+
+    def fix(field: str, value: str | None) -> str | None:
+        try:
+            return _abs(base, value)
+        except _PathError as exc:
+            problems.append(f"{field}: {exc}")
+            return value
+
     if b.daemon is not None:
-        b.daemon.workingDir = _abs(base, b.daemon.workingDir)
-        _resolve_env(base, b.daemon.env)
+        b.daemon.workingDir = fix("spec.backend.daemon.workingDir", b.daemon.workingDir)
+        problems += _resolve_env(base, b.daemon.env, "spec.backend.daemon")
     if b.container is not None:
-        _resolve_env(base, b.container.env)
-        for v in b.container.volumes:
-            v.hostPath = _abs(base, v.hostPath) or v.hostPath
+        problems += _resolve_env(base, b.container.env, "spec.backend.container")
+        for i, v in enumerate(b.container.volumes):
+            v.hostPath = fix(f"spec.backend.container.volumes[{i}].hostPath", v.hostPath) or v.hostPath
     if b.terraform is not None:
-        b.terraform.directory = _abs(base, b.terraform.directory) or b.terraform.directory
-        b.terraform.variableFiles = [_abs(base, f) or f for f in b.terraform.variableFiles]
-    # kubernetes: env comes from Secrets/ConfigMaps in the cluster, no local paths
+        b.terraform.directory = fix("spec.backend.terraform.directory", b.terraform.directory) or b.terraform.directory
+        b.terraform.variableFiles = [fix(f"spec.backend.terraform.variableFiles[{i}]", f) or f
+                                     for i, f in enumerate(b.terraform.variableFiles)]
+    if b.kubernetes is not None:
+        problems += _resolve_env(base, b.kubernetes.env, "spec.backend.kubernetes")
+    return problems
 
 
-def parse(doc: Document, known_backends: Iterable[str] | None = None) -> ManagedService:
+def _validate(where: str, data: Any) -> ManagedService:
+    try:
+        return ManagedService.model_validate(data)
+    except ValidationError as exc:
+        lines = explain(exc, ManagedService)
+        # The document is named once, on the first problem's line; the others follow indented.
+        raise ManifestError(["\n  ".join([f"{where}: {lines[0]}", *lines[1:]])]) from None
+
+
+def encoded(obj: ManagedService) -> bytes:
+    """The object as stored (JSON, like etcd); raises ValueError if it cannot be."""
+    return json.dumps(obj.dump(), ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+
+
+def parse(doc: Document, known_backends: Iterable[str] | None = None,
+          namespace: str | None = None) -> ManagedService:
+    """The object a document describes, checked as it will be written: `namespace`
+    (e.g. the -n flag) replaces the manifest's, paths are made absolute, and then the
+    final object is validated and serialised again."""
     data = doc.data
     if not isinstance(data, dict):
         raise ManifestError([f"{doc.where()}: expected a mapping, got {type(data).__name__}"])
     meta = data.get("metadata")
     name = meta.get("name") if isinstance(meta, dict) and isinstance(meta.get("name"), str) else None
-    where = doc.where(name)
+    where = doc.where(name[:80] if name else None)
     if data.get("apiVersion") != GROUP_VERSION or data.get("kind") != KIND:
         raise ManifestError([f"{where}: apiVersion/kind must be {GROUP_VERSION}/{KIND}, got "
-                             f"{data.get('apiVersion')}/{data.get('kind')}"])
+                             f"{str(data.get('apiVersion'))[:80]}/{str(data.get('kind'))[:80]}"])
     clean = {k: v for k, v in data.items() if k != "status"}  # status is the controller's
     if isinstance(meta, dict):  # server-set fields are not taken from manifests
-        clean["metadata"] = {k: v for k, v in meta.items()
-                             if k not in ("uid", "resourceVersion", "generation", "creationTimestamp",
-                                          "deletionTimestamp")}
-    try:
-        obj = ManagedService.model_validate(clean)
-    except ValidationError as exc:
-        lines = explain(exc, ManagedService)
-        # The document is named once, on the first problem's line; the others follow indented.
-        raise ManifestError(["\n  ".join([f"{where}: {lines[0]}", *lines[1:]])]) from None
+        clean["metadata"] = {k: v for k, v in meta.items() if k not in SERVER_FIELDS}
+        if namespace is not None:
+            clean["metadata"]["namespace"] = namespace
+    obj = _validate(where, clean)
     if known_backends is not None and obj.spec.backend.kind not in set(known_backends):
         raise ManifestError([f"{where}: spec.backend: unknown backend {obj.spec.backend.kind!r} "
                              f"(known: {', '.join(sorted(known_backends))})"])
-    resolve_paths(obj, doc.base_dir)
-    return obj
+    problems = resolve_paths(obj, doc.base_dir)
+    if problems:
+        raise ManifestError([f"{where}: {p}" for p in problems])
+    final = _validate(where, obj.dump())  # every check on the object as written
+    try:
+        size = len(encoded(final))
+    except ValueError as exc:
+        raise ManifestError([f"{where}: cannot be stored: {exc}"]) from None
+    if size > MAX_OBJECT_BYTES:
+        raise ManifestError([f"{where}: the object is {size} bytes, more than the limit of {MAX_OBJECT_BYTES}"])
+    return final
 
 
 def load(sources: Iterable[str], known_backends: Iterable[str] | None = None,
-         existing: Iterable[ManagedService] = ()) -> list[ManagedService]:
+         existing: Iterable[ManagedService] = (), namespace: str | None = None) -> list[ManagedService]:
     """Read and validate every object; raise ManifestError with all problems found.
 
-    `existing` (the store's objects) takes part in the dependsOn cycle check.
+    `namespace` replaces every object's namespace before any check; `existing` (the
+    store's objects) takes part in the dependsOn cycle check of the final objects.
     """
+    if namespace is not None:
+        try:
+            check_name(namespace, "namespace")
+        except ValueError as exc:
+            raise ManifestError([str(exc)]) from None
     problems: list[str] = []
     objs: list[ManagedService] = []
     where: dict[tuple[str, str], str] = {}
-    for doc in read_documents(sources):
+    for doc in read_documents(sources, problems):
         try:
-            obj = parse(doc, known_backends)
+            obj = parse(doc, known_backends, namespace)
         except ManifestError as exc:
             problems.extend(exc.problems)
             continue

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from converge.api import ContainerBackend, ServiceKey
 from converge.backends import container_args as ca
@@ -86,7 +87,8 @@ def test_volumes_env_workdir_user_resources() -> None:
 
 
 def test_relative_container_path_is_invalid() -> None:
-    with pytest.raises(PermanentError):
+    # Refused by the API model (at apply), before any backend sees it.
+    with pytest.raises(ValidationError, match="containerPath"):
         args(volumes=[{"hostPath": "/a", "containerPath": "data"}])
 
 
