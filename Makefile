@@ -1,7 +1,7 @@
 # The two commands of the README. Everything is installed by .ci/bootstrap (idempotent,
 # cached in $CONVERGE_CACHE, default ~/.cache/converge).
 SHELL := /bin/bash
-.PHONY: demo test lint bench crds
+.PHONY: demo test lint bench crds image lock
 
 # Install everything, then apply the example stack and converge it with the file store.
 demo:
@@ -21,7 +21,14 @@ test:
 bench:
 	@bin=$$(.ci/bootstrap | tail -1) && for b in benchmarks/bench_*.py; do $$bin/python $$b || exit 1; done
 
-
 # Regenerate crds/ from the API models (controller/api.py); a test fails while it is stale.
 crds:
 	@bin=$$(CONVERGE_SETUP=none .ci/bootstrap | tail -1) && $$bin/converge crds > crds/managedservices.converge.dev.yaml
+
+# The operator image on the engine DOCKER_HOST names (no registry, no network in the build).
+image:
+	@.ci/build-image
+
+# Re-pin the operator image's dependencies (requirements-operator.txt) from the venv.
+lock:
+	@.ci/lock-operator

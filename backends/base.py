@@ -18,7 +18,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from converge.api import ServiceKey
+from converge.api import Endpoint, ServiceKey
 
 
 class Phase(StrEnum):
@@ -43,6 +43,12 @@ class Observation:
     # The resources exist but differ from the spec (Terraform drift): provision converges.
     drifted: bool = False
     exit_code: int | None = None
+    # A backend that judges readiness itself (Kubernetes: the Deployment's rollout) says so
+    # here; None leaves it to the endpoint's health probe from this host. With ready False,
+    # `failure` (a CamelCase reason, e.g. ImagePullBackOff) says the rollout failed rather
+    # than being still in progress.
+    ready: bool | None = None
+    failure: str = ""
 
 
 @dataclass(frozen=True)
@@ -58,6 +64,9 @@ class Target:
     port: int | None = None  # the endpoint port allocated for this service, if any
     labels: Mapping[str, str] = field(default_factory=dict)
     details: Mapping[str, Any] = field(default_factory=dict)  # status.backend of the last pass
+    # The spec's endpoint, for backends that realise it themselves (Kubernetes: the
+    # Service's port and the pods' readinessProbe).
+    endpoint: Endpoint | None = None
 
 
 Notify = Callable[[ServiceKey], None]

@@ -176,7 +176,8 @@ class DaemonBackend:
                 f"killed by signal {-code}" if code is not None else "exited (exit code unknown: "
                 "not started by this controller)")
             log = "\n".join(tail_lines(target.runtime_dir / LOG_FILE, TAIL_LINES))
-            msg = f"process {rec['pid']} {how}" + (f"; last log lines:\n{log}" if log else "")
+            # First line: what happened (conditions show it); then the log's last lines.
+            msg = f"process {rec['pid']} {how}" + (f"\n{log}" if log else "")
             return Observation(Phase.exited, msg, details, rec.get("specHash"), exit_code=code)
         self._arm(proc.pid, target.key)
         if proc.status() == psutil.STATUS_STOPPED:

@@ -303,16 +303,83 @@ class TerraformBackend(Model):
     endpointOutput: TfName | None = Field(default=None, description="Output holding the endpoint URI.")
 
 
+DNS1123_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+CONFIG_KEY = r"^[-._a-zA-Z0-9]+$"
+QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$"
+ONE_KEY_REF = "valueFrom needs exactly one of 'secretKeyRef' or 'configMapKeyRef'"
+
+
+class KeyRef(Model):
+    """One key of a Secret or ConfigMap in the service's namespace."""
+
+    name: str = Field(max_length=253, pattern=DNS1123_SUBDOMAIN)
+    key: str = Field(max_length=253, pattern=CONFIG_KEY)
+    optional: StrictBool = False
+
+
+class KubeValueFrom(Model):
+    """Where a pod's variable comes from: resolved by the kubelet, never read by converge."""
+
+    model_config = cel("has(self.secretKeyRef) != has(self.configMapKeyRef)", ONE_KEY_REF)
+
+    secretKeyRef: KeyRef | None = None
+    configMapKeyRef: KeyRef | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> KubeValueFrom:
+        if (self.secretKeyRef is None) == (self.configMapKeyRef is None):
+            raise ValueError(ONE_KEY_REF)
+        return self
+
+
+class KubeEnvVar(Model):
+    model_config = cel("!has(self.value) || !has(self.valueFrom)", VALUE_XOR_VALUE_FROM)
+
+    name: EnvName
+    value: Text | None = None
+    valueFrom: KubeValueFrom | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> KubeEnvVar:
+        if self.value is not None and self.valueFrom is not None:
+            raise ValueError(VALUE_XOR_VALUE_FROM)
+        return self
+
+
+class ResourceList(Model):
+    cpu: str | None = Field(default=None, pattern=QUANTITY, description="e.g. 250m, 1")
+    memory: str | None = Field(default=None, pattern=QUANTITY, description="e.g. 128Mi, 1Gi")
+
+
+class KubeResources(Model):
+    requests: ResourceList | None = None
+    limits: ResourceList | None = None
+
+
 class KubernetesBackend(Model):
+    """A Deployment and a Service in the ManagedService's namespace."""
+
     image: ImageRef
+    imagePullPolicy: Literal["IfNotPresent", "Always", "Never"] | None = None
     replicas: StrictInt = Field(default=1, ge=0, le=1000)
     command: Argv | None = None
     args: Argv | None = None
-    env: EnvList = Field(default_factory=list)
-    ports: list[Port] = Field(default_factory=list, max_length=MAX_ITEMS)
+    env: list[KubeEnvVar] = Field(default_factory=list, max_length=MAX_ITEMS)
+    ports: list[Port] = Field(default_factory=list, max_length=32,
+                              json_schema_extra={"x-kubernetes-list-type": "set"},
+                              description="Container ports, each also a port of the Service.")
+    resources: KubeResources | None = None
+    serviceAccountName: str | None = Field(default=None, max_length=253, pattern=DNS1123_SUBDOMAIN)
 
     _env = field_validator("env", mode="before")(_normalize_env)
     _cmd = field_validator("command")(_argv0)
+
+    @field_validator("ports")
+    @classmethod
+    def _ports(cls, v: list[int]) -> list[int]:
+        if len(set(v)) != len(v):
+            raise ValueError("ports lists a port twice")
+        return v
 
 
 BACKEND_KINDS = ("daemon", "container", "terraform", "kubernetes")

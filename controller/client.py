@@ -25,7 +25,7 @@ from pathlib import Path
 from converge import manifest
 from converge.api import AdminState, ManagedService, ServiceKey, check_name
 from converge.conditions import READY
-from converge.filestore import FileStore
+from converge.filestore import FileStore, default_root
 from converge.reconciler import Outcome, Reconciler
 from converge.registry import Backends, available_kinds
 from converge.runtime import Runtime
@@ -68,7 +68,9 @@ class Client:
 
     @classmethod
     def local(cls, root: str | Path | None = None) -> Client:
-        return cls(FileStore(root))
+        """The file store at root (default $CONVERGE_STORE or ./.converge), made absolute so
+        every path written in status (a daemon's log) means the same from anywhere."""
+        return cls(FileStore((Path(root) if root is not None else default_root()).absolute()))
 
     @staticmethod
     def load(*sources: str, existing: Iterable[ManagedService] = (),

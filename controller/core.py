@@ -28,6 +28,8 @@ from converge.conditions import READY, RECONCILING, STALLED, mark_progress, set_
 
 UNAVAILABLE_RETRY = 2.0  # seconds between looks while a backend's engine is unreachable
 WAIT_RETRY = 0.5  # seconds between looks while waiting on another service
+BACKEND_PROGRESS_RETRY = 5.0  # a backend that watches its resources reports progress itself;
+BACKEND_FAILED_RETRY = 30.0  # these looks are only a fallback
 LOG_TAIL_CHARS = 2000
 
 
@@ -82,6 +84,11 @@ def endpoint_uri(svc: ManagedService, port: int | None) -> str | None:
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def first_line(text: str) -> str:
+    """What happened, without the log lines that follow it in lastError."""
+    return text.strip().splitlines()[0] if text.strip() else ""
 
 
 def copy_status(st: ManagedServiceStatus) -> ManagedServiceStatus:
@@ -236,13 +243,13 @@ def _plan_active(
                        progress=RECONCILING, requeue=WAIT_RETRY)
     if st.nextRetryTime is not None and now < st.nextRetryTime:
         wait = (st.nextRetryTime - now).total_seconds()
-        msg = f"back-off {wait:.1f}s restarting failed service: {st.lastError}"
+        msg = f"back-off {wait:.1f}s restarting failed service: {first_line(st.lastError)}"
         return _finish(st, now, gen, state=State.error, ready=False, reason="CrashLoopBackOff",
                        message=msg[:LOG_TAIL_CHARS], progress=RECONCILING, requeue=wait)
     if phase == Phase.suspended:
         why = "resuming"
     elif st.consecutiveFailures > 0:
-        why = "restarting after failure: " + st.lastError.splitlines()[0] if st.lastError else "restarting"
+        why = "restarting after failure: " + first_line(st.lastError) if st.lastError else "restarting"
     else:
         why = "starting"
     return _provision(st, now, gen, why)
@@ -259,28 +266,37 @@ def _provision(st: ManagedServiceStatus, now: datetime, gen: int | None, why: st
                    message=why, progress=RECONCILING, action=Action.provision, requeue=0.05)
 
 
+def _healthy(svc: ManagedService, st: ManagedServiceStatus, now: datetime) -> float | None:
+    """Mark a healthy run; the requeue that resets the backoff once healthy long enough."""
+    policy = svc.spec.restartPolicy
+    st.healthFailures = 0
+    if st.activeSince is None:
+        st.activeSince = now
+    requeue = None
+    if st.consecutiveFailures > 0:  # keep the last crash visible until the backoff resets
+        healthy_for = (now - st.activeSince).total_seconds()
+        if healthy_for >= policy.resetAfterSeconds:
+            st.consecutiveFailures = 0
+        else:
+            requeue = policy.resetAfterSeconds - healthy_for
+    if st.consecutiveFailures == 0:
+        st.lastError = ""
+    return requeue
+
+
 def _running(svc: ManagedService, st: ManagedServiceStatus, observed: Observed, now: datetime,
              gen: int | None) -> Plan:
-    policy = svc.spec.restartPolicy
     if st.startedAt is None:  # adopted: running before we knew
         st.startedAt = now
     st.specHash = observed.desired_hash
     st.nextRetryTime = None
     check = svc.spec.endpoint.healthCheck if svc.spec.endpoint is not None else None
+    obs = observed.observation
+    if obs is not None and obs.ready is not None:
+        return _running_by_backend(svc, st, obs, now, gen)
     health = observed.health
     if check is None or health is None or health.ok:
-        st.healthFailures = 0
-        if st.activeSince is None:
-            st.activeSince = now
-        requeue = None
-        if st.consecutiveFailures > 0:  # keep the last crash visible until the backoff resets
-            healthy_for = (now - st.activeSince).total_seconds()
-            if healthy_for >= policy.resetAfterSeconds:
-                st.consecutiveFailures = 0
-            else:
-                requeue = policy.resetAfterSeconds - healthy_for
-        if st.consecutiveFailures == 0:
-            st.lastError = ""
+        requeue = _healthy(svc, st, now)
         msg = "" if check is None else "health check passed"
         return _finish(st, now, gen, state=State.active, ready=True, reason="Healthy" if check else "Running",
                        message=msg, requeue=requeue, settled=True,
@@ -306,6 +322,26 @@ def _running(svc: ManagedService, st: ManagedServiceStatus, observed: Observed, 
                    message=st.lastError, progress=RECONCILING, requeue=check.periodSeconds)
 
 
+def _running_by_backend(svc: ManagedService, st: ManagedServiceStatus, obs: Observation, now: datetime,
+                        gen: int | None) -> Plan:
+    """Readiness as the backend judges it (a Deployment's rollout), no probe from this host:
+    ready -> active; failed (obs.failure) -> error, Stalled until something changes;
+    otherwise still rolling out -> pending_startup. The backend's watch brings the service
+    back on every change; the requeues are only a fallback."""
+    check = svc.spec.endpoint.healthCheck if svc.spec.endpoint is not None else None
+    if obs.ready:
+        requeue = _healthy(svc, st, now)
+        return _finish(st, now, gen, state=State.active, ready=True, reason="Healthy" if check else "Running",
+                       message=obs.message, requeue=requeue, settled=True)
+    st.activeSince = None
+    if obs.failure:
+        st.lastError = obs.message[-LOG_TAIL_CHARS:]
+        return _finish(st, now, gen, state=State.error, ready=False, reason=obs.failure, message=st.lastError,
+                       progress=STALLED, requeue=BACKEND_FAILED_RETRY, settled=True)
+    return _finish(st, now, gen, state=State.pending_startup, ready=False, reason="Progressing",
+                   message=obs.message, progress=RECONCILING, requeue=BACKEND_PROGRESS_RETRY)
+
+
 # --------------------------------------------------------------------------- outcomes
 
 
@@ -323,10 +359,18 @@ def provisioned(svc: ManagedService, st: ManagedServiceStatus, details: dict[str
 
 
 def _endpoint_from_details(svc: ManagedService, st: ManagedServiceStatus, details: Mapping[str, object]) -> None:
-    """A backend that makes its own endpoint (a Terraform output) publishes it as details["endpoint"]."""
+    """A backend that makes its own endpoint publishes it as details["endpoint"]: a Terraform
+    output (when the spec has no endpoint), a Kubernetes Service (details["endpointPort"]:
+    the Service's port, not one of this host's; it wins over the host's allocation)."""
     uri = details.get("endpoint")
-    if svc.spec.endpoint is None and uri and (st.endpoint is None or st.endpoint.uri != str(uri)):
-        st.endpoint = EndpointStatus(uri=str(uri), state=st.state)
+    if not uri:
+        return
+    own_port = details.get("endpointPort")
+    if svc.spec.endpoint is not None and own_port is None:
+        return
+    port = int(str(own_port)) if own_port is not None else None
+    if st.endpoint is None or st.endpoint.uri != str(uri) or (port is not None and st.endpoint.port != port):
+        st.endpoint = EndpointStatus(uri=str(uri), port=port, state=st.state)
 
 
 def failed(svc: ManagedService, st: ManagedServiceStatus, action: Action, err: BackendError,

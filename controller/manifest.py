@@ -159,8 +159,7 @@ def resolve_paths(obj: ManagedService, base: Path) -> list[str]:
         b.terraform.directory = fix("spec.backend.terraform.directory", b.terraform.directory) or b.terraform.directory
         b.terraform.variableFiles = [fix(f"spec.backend.terraform.variableFiles[{i}]", f) or f
                                      for i, f in enumerate(b.terraform.variableFiles)]
-    if b.kubernetes is not None:
-        problems += _resolve_env(base, b.kubernetes.env, "spec.backend.kubernetes")
+    # kubernetes: env comes from Secrets/ConfigMaps in the cluster, no local paths
     return problems
 
 

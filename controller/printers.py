@@ -82,40 +82,102 @@ def dump(items: Sequence[ManagedService], fmt: str, single: bool) -> str:
     return yaml.safe_dump(data, sort_keys=False).rstrip()
 
 
-def describe(s: ManagedService) -> str:
-    st = s.status
+def timestamp(when: datetime | None) -> str:
+    """kubectl describe's form: Sun, 29 Nov 2026 05:37:17 +0000 (seconds, numeric zone)."""
+    if when is None:
+        return "<unset>"
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when.strftime("%a, %d %b %Y %H:%M:%S %z")
+
+
+def _title(key: str) -> str:
+    """camelCase -> Title Case, as kubectl describe shows field names."""
+    words, cur = [], ""
+    for ch in key:
+        if ch.isupper() and cur and not cur[-1].isupper():
+            words.append(cur)
+            cur = ""
+        cur += ch
+    words.append(cur)
+    return " ".join(w[:1].upper() + w[1:] for w in words if w)
+
+
+KEY_WIDTH = 20
+
+
+def _field(key: str, value: object, indent: int = 0) -> list[str]:
+    """`Key:   value`, values aligned; a multi-line value continues under the first."""
+    text = str(value) if value not in (None, "") else "<none>"
+    lines = text.splitlines() or [""]
+    pad = " " * indent
+    width = max(KEY_WIDTH - indent, len(key) + 2)
+    out = [f"{pad}{key + ':':<{width}}{lines[0]}".rstrip()]
+    out += [f"{pad}{'':<{width}}{line}".rstrip() for line in lines[1:]]
+    return out
+
+
+def _table(rows: list[list[str]], indent: str = "  ") -> list[str]:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return [indent + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+
+
+def describe(s: ManagedService, now: datetime | None = None) -> str:
+    st, meta = s.status, s.metadata
+    labels = "\n".join(f"{k}={v}" for k, v in sorted(meta.labels.items())) or "<none>"
+    annotations = "\n".join(f"{k}: {v}" for k, v in sorted(meta.annotations.items())) or "<none>"
+    if st.observedGeneration is None:
+        gen = f"{meta.generation} (not reconciled yet)"
+    elif st.observedGeneration != meta.generation:
+        gen = f"{meta.generation} (status is of generation {st.observedGeneration}: not reconciled yet)"
+    else:
+        gen = f"{meta.generation}"
     out = [
-        f"Name:          {s.metadata.name}",
-        f"Namespace:     {s.metadata.namespace}",
-        f"Labels:        {', '.join(f'{k}={v}' for k, v in s.metadata.labels.items()) or '<none>'}",
-        f"UID:           {s.metadata.uid}",
-        f"Generation:    {s.metadata.generation} (observed {st.observedGeneration})",
-        f"Created:       {s.metadata.creationTimestamp} ({age(s.metadata.creationTimestamp)} ago)",
+        *_field("Name", meta.name),
+        *_field("Namespace", meta.namespace),
+        *_field("Labels", labels),
+        *_field("Annotations", annotations),
+        *_field("UID", meta.uid),
+        *_field("Generation", gen),
+        *_field("Creation Timestamp", f"{timestamp(meta.creationTimestamp)}   "
+                f"({age(meta.creationTimestamp, now)} ago)"),
     ]
-    if s.metadata.deletionTimestamp:
-        out.append(f"Deleting:      since {s.metadata.deletionTimestamp}")
+    if meta.deletionTimestamp:
+        out += _field("Deletion Timestamp", timestamp(meta.deletionTimestamp))
+    if meta.finalizers:
+        out += _field("Finalizers", ", ".join(meta.finalizers))
     out += [
-        f"Admin state:   {s.spec.adminState.value}",
-        f"State:         {st.state.value} (last: {st.lastState.value if st.lastState else '<none>'})",
-        f"Depends on:    {', '.join(s.spec.dependsOn) or '<none>'}",
-        f"Endpoint:      {_endpoint(s)}" + (f" ({st.endpoint.state.value})" if st.endpoint else ""),
-        f"Restarts:      {st.restarts} (consecutive failures {st.consecutiveFailures}"
-        + (f", last exit code {st.lastExitCode}" if st.lastExitCode is not None else "") + ")",
+        *_field("Admin State", s.spec.adminState.value),
+        *_field("State", st.state.value),
+        *_field("Last State", st.lastState.value if st.lastState else "<none>"),
+        *_field("Depends On", ", ".join(s.spec.dependsOn) or "<none>"),
+        *_field("Endpoint", _endpoint(s) + (f" ({st.endpoint.state.value})" if st.endpoint and st.endpoint.uri
+                                            else "")),
+        *_field("Restarts", st.restarts),
     ]
+    if st.consecutiveFailures:
+        out += _field("Failures In A Row", st.consecutiveFailures)
+    if st.lastExitCode is not None:
+        out += _field("Last Exit Code", st.lastExitCode)
+    if st.startedAt:
+        out += _field("Started", timestamp(st.startedAt))
     if st.nextRetryTime:
-        out.append(f"Next retry:    {st.nextRetryTime}")
-    out.append("Backend:       " + s.spec.backend.kind)
+        out += _field("Next Retry", timestamp(st.nextRetryTime))
+    out += _field("Backend", s.spec.backend.kind)
     for k, v in st.backend.items():
-        out.append(f"  {k}: {v}")
+        out += _field(_title(k), v if not isinstance(v, dict | list) else json.dumps(v), indent=2)
     out.append("Spec:")
     spec_yaml = yaml.safe_dump(s.spec.model_dump(mode="json", by_alias=True, exclude_none=True), sort_keys=False)
     out += ["  " + line for line in spec_yaml.rstrip().splitlines()]
-    out.append("Conditions:")
-    out.append("  TYPE          STATUS   REASON               SINCE      MESSAGE")
-    for c in st.conditions:
-        msg = c.message.splitlines()[0] if c.message else ""
-        out.append(f"  {c.type:<13} {c.status:<8} {c.reason:<20} {age(c.lastTransitionTime):<10} {msg}")
+    if st.conditions:
+        out.append("Conditions:")
+        rows = [["Type", "Status", "Reason", "Age", "Message"], ["----", "------", "------", "---", "-------"]]
+        for c in st.conditions:
+            rows.append([c.type, c.status, c.reason, age(c.lastTransitionTime, now), cut(c.message, 100)])
+        out += _table(rows)
+    else:
+        out += _field("Conditions", "<none>")
     if st.lastError:
-        out.append("Last error:")
+        out.append("Last Error:")
         out += ["  " + line for line in st.lastError.splitlines()]
     return "\n".join(out)

@@ -200,7 +200,7 @@ class Reconciler:
     def _write(self, svc: ManagedService, p: core.Plan) -> Outcome:
         """The pass's one status write, skipped when nothing changed."""
         out = Outcome(svc.key, p.requeue_after, p.settled, state=p.status.state.value,
-                      message=p.message or p.status.lastError, probe=self._next_probe(svc, p))
+                      message=p.message, probe=self._next_probe(svc, p))
         if p.status == svc.status:
             return out
         new = svc.model_copy(update={"status": p.status})  # the store copies what it keeps

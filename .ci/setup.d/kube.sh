@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # A real Kubernetes control plane for the cluster tests (tests/cluster): kube-apiserver,
-# kube-controller-manager, etcd, kwok (a fake node so Deployments roll out without a
-# kubelet) and helm, all built from the Go module proxy into $CONVERGE_CACHE/bin.
+# kube-controller-manager, kube-scheduler (kwok's fake nodes still need pods bound to
+# them), etcd, kwok (a fake node so Deployments roll out without a kubelet) and helm, all
+# built from the Go module proxy into $CONVERGE_CACHE/bin.
 # Idempotent: a binary that exists with the pinned version's stamp is not rebuilt; the Go
 # module and build caches (GOMODCACHE, GOCACHE: outside the repo) make a rebuild cheap.
-# Cold, on 2 cores: about 13 minutes for all five.
+# Cold, on 2 cores: about 13 minutes for all six.
 #
-# kube-apiserver and kube-controller-manager: a throwaway module requiring
+# kube-apiserver, kube-controller-manager and kube-scheduler: a throwaway module requiring
 # k8s.io/kubernetes at KUBE_VERSION with every k8s.io/<staging> module replaced by the
 # matching v0.x release (the `=> ./staging/...` lines of that tag's go.mod, read from the
 # module itself). The checksum database has no entry for k8s.io/kubernetes, so that build
@@ -26,7 +27,8 @@ have() {  # have NAME VERSION: the cached binary exists and was built for VERSIO
 built() { echo "$2" > "$bin/.$1.version"; }
 
 if have kube-apiserver "$KUBE_VERSION" && have kube-controller-manager "$KUBE_VERSION" \
-   && have etcd "$ETCD_VERSION" && have kwok "$KWOK_VERSION" && have helm "$HELM_VERSION"; then
+   && have kube-scheduler "$KUBE_VERSION" && have etcd "$ETCD_VERSION" && have kwok "$KWOK_VERSION" \
+   && have helm "$HELM_VERSION"; then
   exit 0
 fi
 if ! command -v go >/dev/null 2>&1; then
@@ -38,7 +40,8 @@ mkdir -p "$bin"
 exec 9>"$bin/.kube.lock"   # two bootstraps at once build once: the second waits, then finds the stamps
 flock 9
 if have kube-apiserver "$KUBE_VERSION" && have kube-controller-manager "$KUBE_VERSION" \
-   && have etcd "$ETCD_VERSION" && have kwok "$KWOK_VERSION" && have helm "$HELM_VERSION"; then
+   && have kube-scheduler "$KUBE_VERSION" && have etcd "$ETCD_VERSION" && have kwok "$KWOK_VERSION" \
+   && have helm "$HELM_VERSION"; then
   exit 0
 fi
 work=$(mktemp -d)
@@ -46,8 +49,10 @@ trap 'rm -rf "$work"' EXIT
 export CGO_ENABLED=0 GOFLAGS=-mod=mod GOTOOLCHAIN=local
 ldflags="-s -w"
 
-if ! have kube-apiserver "$KUBE_VERSION" || ! have kube-controller-manager "$KUBE_VERSION"; then
-  echo "setup.d/kube.sh: building kube-apiserver and kube-controller-manager $KUBE_VERSION (slow, once)" >&2
+if ! have kube-apiserver "$KUBE_VERSION" || ! have kube-controller-manager "$KUBE_VERSION" \
+   || ! have kube-scheduler "$KUBE_VERSION"; then
+  echo "setup.d/kube.sh: building kube-apiserver, kube-controller-manager, kube-scheduler $KUBE_VERSION" \
+       "(slow, once)" >&2
   mkdir -p "$work/kube" && cd "$work/kube"
   modfile=$(GOSUMDB=off go mod download -json "k8s.io/kubernetes@$KUBE_VERSION" \
             | sed -n 's/^[[:space:]]*"GoMod": "\(.*\)",$/\1/p')
@@ -67,7 +72,8 @@ if ! have kube-apiserver "$KUBE_VERSION" || ! have kube-controller-manager "$KUB
   # The version the binaries report (kubectl version, /version) and the server's checks.
   pkg=k8s.io/component-base/version
   vflags="-X $pkg.gitVersion=$KUBE_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$(echo "$KUBE_VERSION" | cut -d. -f2)"
-  for cmd in kube-apiserver kube-controller-manager; do
+  for cmd in kube-apiserver kube-controller-manager kube-scheduler; do
+    have "$cmd" "$KUBE_VERSION" && continue
     GOSUMDB=off go build -trimpath -ldflags "$ldflags $vflags" -o "$bin/$cmd.tmp" "k8s.io/kubernetes/cmd/$cmd" >&2
     mv "$bin/$cmd.tmp" "$bin/$cmd"
     built "$cmd" "$KUBE_VERSION"

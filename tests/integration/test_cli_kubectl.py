@@ -212,3 +212,55 @@ def test_yaml_output_of_several_is_a_list(cli: CLI, tmp_path: Path) -> None:
     doc = yaml.safe_load(cli("get", "a", "b", "-o", "yaml").stdout)
     assert doc["kind"] == "List" and [i["metadata"]["name"] for i in doc["items"]] == ["a", "b"]
     assert json.loads(cli("get", "a", "-o", "json").stdout)["metadata"]["name"] == "a"
+
+
+# ---------------------------------------------------------------------------- honest status text
+
+FLAKY = ("import os, sys, time\n"
+         "flag = sys.argv[1]\n"
+         "if not os.path.exists(flag):\n"
+         "    open(flag, 'w').close(); print('first run: failing on purpose', flush=True); sys.exit(3)\n"
+         "time.sleep(600)\n")
+
+
+def test_crash_text_is_honest_and_not_repeated_once_healthy(cli: CLI, tmp_path: Path) -> None:
+    svc = daemon("flaky", [PY, "-u", "-c", FLAKY, str(tmp_path / "flag")], check=None,
+                 restart={"backoffSeconds": 0.2, "maxBackoffSeconds": 1, "resetAfterSeconds": 600})
+    cli("apply", "-f", str(write(tmp_path / "s.yaml", svc)))
+    p = cli("reconcile", "--timeout", "30s")
+    log = p.stderr
+    assert "flaky: active" in log, log
+    after = log[log.index("flaky: active"):].splitlines()[0]
+    assert "exited" not in after and "failing on purpose" not in after, log  # no stale error on the transition
+    assert "last log lines" not in log and not any(line.rstrip().endswith(":") for line in log.splitlines()), log
+    st = cli.obj("flaky")["status"]
+    assert st["restarts"] == 1 and st["lastExitCode"] == 3
+    assert st["lastError"].splitlines()[0].endswith("exited with code 3")
+    desc = cli("describe", "flaky").stdout
+    assert "Last Error:" in desc and "failing on purpose" in desc and "Last Exit Code:     3" in desc, desc
+
+
+def test_describe_reads_like_kubectl(cli: CLI, tmp_path: Path) -> None:
+    import re
+
+    cli("apply", "-f", str(write(tmp_path / "s.yaml", sleeper("d", labels={"b": "2", "a": "1"}))))
+    desc = cli("describe", "d").stdout
+    assert "None" not in desc and "observed" not in desc, desc
+    assert "Generation:         1 (not reconciled yet)" in desc
+    assert re.search(r"^Labels:\s+a=1\n\s+b=2$", desc, re.MULTILINE), desc
+    cli("reconcile", "--timeout", "30s")
+    desc = cli("describe", "d").stdout
+    assert re.search(r"^Creation Timestamp:\s+\w{3}, \d\d \w{3} \d{4} \d\d:\d\d:\d\d \+0000 ", desc, re.MULTILINE)
+    assert re.search(r"^Generation:\s+1$", desc, re.MULTILINE), desc
+    assert re.search(r"^  Type\s+Status\s+Reason\s+Age\s+Message\n  ----", desc, re.MULTILINE), desc
+    assert re.search(r"^  Ready\s+True\s+Running\s+\d+s", desc, re.MULTILINE), desc
+    assert "+00:00" not in desc and not re.search(r"\d\d:\d\d:\d\d\.\d", desc)
+
+
+def test_log_path_is_absolute_with_a_relative_store(cli: CLI, tmp_path: Path) -> None:
+    cli("apply", "-f", str(write(tmp_path / "s.yaml", sleeper("rel"))), "--store", "relstore")
+    cli("reconcile", "--timeout", "30s", "--store", "relstore")
+    log = json.loads(cli("get", "rel", "-o", "json", "--store", "relstore").stdout)["status"]["backend"]["log"]
+    assert Path(log).is_absolute() and Path(log).exists()
+    assert log.startswith(str(tmp_path / "relstore"))
+    cli("down", "--force", "-l", "", "--store", "relstore")

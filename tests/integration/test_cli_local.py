@@ -34,8 +34,8 @@ def test_example_stack_end_to_end(cli: CLI, examples: Path) -> None:
     code, body = get_url(web["status"]["endpoint"]["uri"] + "/")
     assert code == 200 and "converge demo" in body
     desc = cli("describe", "api").stdout
-    for want in ("State:         active", "pid:", "log:", "Ready", "Depends on:    db"):
-        assert want in desc
+    for want in ("State:              active", "  Pid:", "  Log:", "Ready", "Depends On:         db"):
+        assert want in desc, desc
     cli("wait", "api", "--for", "condition=Ready", "--timeout", "5s")
     # The api logs its requests: one via the endpoint, then read it back.
     get_url(cli.obj("api")["status"]["endpoint"]["uri"] + "/hello")
