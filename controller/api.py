@@ -8,6 +8,7 @@ pydantic models. Pure data: no I/O here.
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 from datetime import datetime
 from enum import StrEnum
@@ -290,6 +291,18 @@ class ContainerBackend(Model):
     _cmd = field_validator("command")(_argv0)
 
 
+def _finite(value: Any, where: str = "") -> None:
+    """JSON (and so the store and the API server) has no inf or NaN."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{where or 'value'}: {value} is not a number JSON can hold")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _finite(v, f"{where}.{k}" if where else str(k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _finite(v, f"{where}[{i}]")
+
+
 class TerraformBackend(Model):
     directory: LocalPath = Field(description="The recipe: a directory of .tf files.")
     variables: dict[TfName, JsonValue] = Field(default_factory=dict, max_length=MAX_ITEMS)
@@ -301,6 +314,12 @@ class TerraformBackend(Model):
         default=None, description="TF_LOG")
     timeoutSeconds: float = seconds(600, 1, 86400)
     endpointOutput: TfName | None = Field(default=None, description="Output holding the endpoint URI.")
+
+    @field_validator("variables")
+    @classmethod
+    def _variables(cls, v: dict[str, Any]) -> dict[str, Any]:
+        _finite(v)
+        return v
 
 
 DNS1123_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"

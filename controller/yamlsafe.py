@@ -135,6 +135,10 @@ class _Measure:
         raise YamlError(f"unexpected node {type(node).__name__}", _line(node))  # pragma: no cover
 
 
+def _one_line(text: str) -> str:
+    return " ".join(text.split())[:300]
+
+
 def _short(tag: str) -> str:
     return "!!" + tag.removeprefix(_T) if tag.startswith(_T) else tag[:60]
 
@@ -161,8 +165,12 @@ def load_all(text: str, limit: int = MAX_OBJECT_BYTES) -> Iterator[tuple[int, An
             loader.dispose()
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
-        raise YamlError(f"{exc.problem or exc.context}", mark.line + 1 if mark else 0) from None
+        raise YamlError(_one_line(exc.problem or exc.context or "not valid"), mark.line + 1 if mark else 0) from None
+    except yaml.reader.ReaderError as exc:  # a character YAML does not allow (control characters)
+        line = text.count("\n", 0, max(exc.position, 0)) + 1
+        raise YamlError(f"character {chr(exc.character)!r} is not allowed" if isinstance(exc.character, int)
+                        else _one_line(exc.reason), line) from None
     except yaml.YAMLError as exc:
-        raise YamlError(str(exc)) from None
+        raise YamlError(_one_line(str(exc))) from None
     except (ValueError, OverflowError, RecursionError) as exc:  # e.g. int() of 5,000 digits
-        raise YamlError(f"cannot read a value: {exc}") from None
+        raise YamlError(f"cannot read a value: {_one_line(str(exc))}") from None
