@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from converge.api import ManagedService, ServiceKey
 from converge.backends.base import Notify, Observation, Phase, Target
 from converge.filestore import FileStore
+from converge.host import Host
 from converge.reconciler import Reconciler
 from converge.registry import Backends
 from converge.runtime import Runtime
@@ -127,7 +128,7 @@ def bench_n(n: int, args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
     root = scratch / f"store-{n}"
     store = FileStore(root)
     backend = NoopBackend()
-    runtime = Runtime(Reconciler(store, Backends({KIND: backend})), workers=args.workers)
+    runtime = Runtime(Reconciler(store, Backends({KIND: backend}), Host(root)), workers=args.workers)
 
     t0 = time.perf_counter()
     for i in range(n):
@@ -148,7 +149,7 @@ def bench_n(n: int, args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
     for mode in ("warm", "cold"):
         if mode == "cold":
             store = FileStore(root)
-            runtime = Runtime(Reconciler(store, Backends({KIND: backend})), workers=args.workers)
+            runtime = Runtime(Reconciler(store, Backends({KIND: backend}), Host(root)), workers=args.workers)
         before_sigs = signatures(root)
         before_writes = store.writes
         calls_before = dict(backend.calls)

@@ -31,6 +31,8 @@ API_GROUP = "converge.dev"
 API_VERSION = "v1alpha1"
 GROUP_VERSION = f"{API_GROUP}/{API_VERSION}"
 KIND = "ManagedService"
+# converge's finalizer: added before anything is provisioned, removed once deprovisioned.
+FINALIZER = "converge.dev/deprovision"
 
 # Bounds on what a manifest may hold. Like etcd's request limit, an object (as written)
 # is at most MAX_OBJECT_BYTES; converge.manifest checks the expanded YAML against the same

@@ -19,13 +19,13 @@ import itertools
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 from converge import manifest
-from converge.api import AdminState, ManagedService, ServiceKey, check_name
+from converge.api import FINALIZER, AdminState, ManagedService, ServiceKey, check_name
 from converge.conditions import READY
 from converge.filestore import FileStore, default_root
+from converge.host import Host
 from converge.reconciler import Outcome, Reconciler
 from converge.registry import Backends, available_kinds
 from converge.runtime import Runtime
@@ -60,17 +60,20 @@ class ApplyResult:
 
 
 class Client:
-    def __init__(self, store: Store, backends: Backends | None = None, workers: int = 16) -> None:
+    def __init__(self, store: Store, host: Host, backends: Backends | None = None, workers: int = 16) -> None:
         self.store = store
+        self.host = host
         self.backends = backends or Backends()
-        self.reconciler = Reconciler(store, self.backends)
+        self.reconciler = Reconciler(store, self.backends, host)
         self.runtime = Runtime(self.reconciler, workers=workers)
 
     @classmethod
     def local(cls, root: str | Path | None = None) -> Client:
         """The file store at root (default $CONVERGE_STORE or ./.converge), made absolute so
-        every path written in status (a daemon's log) means the same from anywhere."""
-        return cls(FileStore((Path(root) if root is not None else default_root()).absolute()))
+        every path written in status (a daemon's log) means the same from anywhere; the same
+        folder holds this host's runtime files."""
+        store = FileStore((Path(root) if root is not None else default_root()).absolute())
+        return cls(store, Host(store.root))
 
     @staticmethod
     def load(*sources: str, existing: Iterable[ManagedService] = (),
@@ -137,18 +140,15 @@ class Client:
         sel = parse_selector(selector) if isinstance(selector, str) or selector is None else selector
         return self.store.list(namespace, sel).items
 
-    def _update(self, key: ServiceKey, change: str, value: object) -> ManagedService | None:
-        """Set spec.adminState or metadata.deletionTimestamp, retrying on conflicts."""
+    def _set_admin_state(self, key: ServiceKey, state: AdminState) -> ManagedService | None:
+        """Set spec.adminState, retrying on conflicts."""
         for _ in range(APPLY_RETRIES):
             try:
                 cur = self.store.get(key)
             except NotFound:
                 return None
             new = cur.model_copy(deep=True)
-            if change == "adminState":
-                new.spec.adminState = AdminState(str(value))
-            elif new.metadata.deletionTimestamp is None:
-                new.metadata.deletionTimestamp = datetime.now(UTC)
+            new.spec.adminState = state
             if new == cur:
                 return cur
             try:
@@ -177,7 +177,7 @@ class Client:
                         converge: bool = True) -> dict[ServiceKey, Outcome]:
         keys = self._select(selector, names, namespace)
         for key in keys:
-            if self._update(key, "adminState", state) is None:
+            if self._set_admin_state(key, state) is None:
                 raise NotFound(str(key))
         if not converge:
             return {}
@@ -198,20 +198,36 @@ class Client:
         return self.set_admin_state(state, selector, names, namespace, timeout)
 
     def delete(self, name: str, namespace: str = "default", force: bool = False, timeout: float = 60.0) -> Outcome:
-        """Deprovision, then forget. force: forget even if deprovisioning did not finish."""
+        """Request deletion, then converge: deprovisioned first (converge's finalizer), then
+        gone. force: forget even if deprovisioning did not finish."""
         key = self.key(name, namespace)
-        if self._update(key, "delete", None) is None:
-            raise NotFound(str(key))
+        self.store.delete(key)  # NotFound propagates
         out = self.reconcile([key], timeout).get(key, Outcome(key))
         if not out.gone and force:
-            try:
-                cur = self.store.get(key)
-                self.store.delete(key, cur.metadata.resourceVersion)
-            except NotFound:
-                pass
+            self._drop_finalizer(key)
+            self.host.forget(key)
             return Outcome(key, gone=True, settled=True, message=f"forced; deprovisioning did not finish: "
                            f"{out.message or out.state}")
         return out
+
+    def _drop_finalizer(self, key: ServiceKey) -> None:
+        for _ in range(APPLY_RETRIES):
+            try:
+                cur = self.store.get(key)
+            except NotFound:
+                return
+            if FINALIZER not in cur.metadata.finalizers:
+                return
+            new = cur.model_copy(deep=True)
+            new.metadata.finalizers = [f for f in new.metadata.finalizers if f != FINALIZER]
+            try:
+                self.store.update(new)
+                return
+            except NotFound:
+                return
+            except Conflict:
+                continue
+        raise Conflict(f"{key}: gave up after {APPLY_RETRIES} concurrent modifications")
 
     def wait(self, name: str, namespace: str = "default", condition: str | WaitFor = "Ready",
              timeout: float = 60.0, poll: float = 0.1) -> ManagedService | None:

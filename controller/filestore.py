@@ -4,8 +4,11 @@ Layout under the root (default ./.converge, mode 0700; files 0600):
 
     <namespace>/<name>.yaml          the object (metadata, spec, status)
     .lock                            held (flock) by every writer: read-check-write is atomic
-    _locks/<namespace>/<name>.lock   held while acting on one service's resources
-    _runtime/<namespace>/<name>/     the backend's files for the service (pid, logs, state)
+
+(The same root also holds the local host context, converge.host: `_runtime/` and
+`_locks/`; folders starting with `_` or `.` are never namespaces.) Deletion follows the
+API server (see converge.store): `delete` marks an object with finalizers, the update
+that removes its last finalizer removes the file.
 
 A write goes to a temp file in the same folder, is fsynced and renamed over the old one,
 and the folder is fsynced: a crash leaves either the old or the new object, never a torn
@@ -19,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import shutil
 import threading
 import time
 import uuid
@@ -34,7 +36,7 @@ from pydantic import ValidationError
 from converge.api import ManagedService, ServiceKey
 from converge.fielderrors import format_validation_error
 from converge.selector import Selector
-from converge.store import AlreadyExists, Conflict, CorruptObject, ListResult, NotFound
+from converge.store import AlreadyExists, Conflict, CorruptObject, Invalid, ListResult, NotFound
 
 try:  # the C loader/dumper are ~10x faster when libyaml is there
     from yaml import CSafeDumper as _Dumper
@@ -44,8 +46,6 @@ except ImportError:  # pragma: no cover
     from yaml import SafeLoader as _Loader  # type: ignore[assignment]
 
 _Sig = tuple[int, int, int]
-RUNTIME = "_runtime"
-LOCKS = "_locks"
 
 
 def default_root() -> Path:
@@ -79,13 +79,6 @@ class FileStore:
 
     def path(self, key: ServiceKey) -> Path:
         return self.root / key.namespace / f"{key.name}.yaml"
-
-    def runtime_dir(self, key: ServiceKey) -> Path:
-        d = self.root / RUNTIME / key.namespace / key.name
-        if d not in self._made:
-            self._ensure_dir(d)
-            self._made.add(d)
-        return d
 
     def namespaces(self) -> list[str]:
         try:
@@ -219,14 +212,22 @@ class FileStore:
             self._check(cur, obj)
             new = cur.model_copy(deep=True)
             new.metadata = obj.metadata.model_copy(deep=True)
-            for k in ("uid", "creationTimestamp", "generation"):
+            for k in ("uid", "creationTimestamp", "generation", "deletionTimestamp"):
                 setattr(new.metadata, k, getattr(cur.metadata, k))
+            if cur.metadata.deletionTimestamp is not None:
+                added = set(new.metadata.finalizers) - set(cur.metadata.finalizers)
+                if added:
+                    raise Invalid(f"{obj.key}: metadata.finalizers: no new finalizers can be added "
+                                  f"while the object is being deleted ({', '.join(sorted(added))})")
             new.spec = obj.spec.model_copy(deep=True)
             if new.spec != cur.spec:
                 new.metadata.generation = (cur.metadata.generation or 0) + 1
             if new.metadata == cur.metadata and new.spec == cur.spec:
                 return cur
             new.metadata.resourceVersion = str(int(cur.metadata.resourceVersion or "0") + 1)
+            if new.metadata.deletionTimestamp is not None and not new.metadata.finalizers:
+                self._remove(obj.key)  # the last finalizer is gone: so is the object
+                return new
             return self._write(new)
 
     def update_status(self, obj: ManagedService) -> ManagedService:
@@ -249,30 +250,24 @@ class FileStore:
                 raise NotFound(str(key))
             if resource_version is not None and resource_version != cur.metadata.resourceVersion:
                 raise Conflict(f"{key}: resourceVersion {resource_version} is stale")
-            path = self.path(key)
-            path.unlink()
-            with self._mu:
-                self._cache.pop(path, None)
-            self.writes += 1
-            # Forgotten means forgotten: the backend's files (logs, pid, recipe copy) go too.
-            runtime = self.root / RUNTIME / key.namespace / key.name
-            shutil.rmtree(runtime, ignore_errors=True)
-            self._made.discard(runtime)
+            if not cur.metadata.finalizers:
+                self._remove(key)
+                return
+            if cur.metadata.deletionTimestamp is not None:
+                return  # already requested
+            new = cur.model_copy(deep=True)
+            new.metadata.deletionTimestamp = datetime.now(UTC)
+            new.metadata.resourceVersion = str(int(cur.metadata.resourceVersion or "0") + 1)
+            self._write(new)
 
-    # ------------------------------------------------------------------ locks and watch
+    def _remove(self, key: ServiceKey) -> None:
+        path = self.path(key)
+        path.unlink()
+        with self._mu:
+            self._cache.pop(path, None)
+        self.writes += 1
 
-    @contextlib.contextmanager
-    def lock(self, key: ServiceKey) -> Iterator[None]:
-        d = self.root / LOCKS / key.namespace
-        if d not in self._made:
-            self._ensure_dir(d)
-            self._made.add(d)
-        fd = os.open(d / f"{key.name}.lock", os.O_CREAT | os.O_RDWR, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)
+    # ------------------------------------------------------------------ watch
 
     def _scan(self, ns: str) -> dict[ServiceKey, _Sig]:
         out: dict[ServiceKey, _Sig] = {}

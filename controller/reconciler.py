@@ -14,11 +14,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from converge import core, ports
-from converge.api import AdminState, HealthCheck, ManagedService, ServiceKey, State
-from converge.backends.base import Backend, Observation, Phase, Target
+from converge.api import FINALIZER, AdminState, HealthCheck, ManagedService, ServiceKey, State
+from converge.backends.base import Backend, Observation, Phase, ProbeResult, Target
 from converge.backends.errors import BackendError
-from converge.backends.health import ProbeResult, probe
+from converge.backends.health import probe
 from converge.conditions import is_ready
+from converge.host import Host
 from converge.registry import Backends
 from converge.store import Conflict, CorruptObject, NotFound, Store
 
@@ -54,9 +55,10 @@ class Probe:
 
 
 class Reconciler:
-    def __init__(self, store: Store, backends: Backends, clock: Clock = utcnow) -> None:
+    def __init__(self, store: Store, backends: Backends, host: Host, clock: Clock = utcnow) -> None:
         self.store = store
         self.backends = backends
+        self.host = host
         self.clock = clock
 
     # ------------------------------------------------------------------ one pass
@@ -68,14 +70,28 @@ class Reconciler:
             return Outcome(key, gone=True, settled=True)
         except CorruptObject as exc:
             return Outcome(key, settled=True, error=str(exc))
-        with self.store.lock(key):
+        with self.host.lock(key):
             try:
                 svc = self.store.get(key)  # fresh, now that we hold the service's lock
             except NotFound:
                 return Outcome(key, gone=True, settled=True)
+            except CorruptObject as exc:
+                return Outcome(key, settled=True, error=str(exc))
             return self._reconcile(svc)
 
     def _reconcile(self, svc: ManagedService) -> Outcome:
+        deleting = svc.metadata.deletionTimestamp is not None
+        if deleting and FINALIZER not in svc.metadata.finalizers:
+            # Nothing of ours is left; other finalizers hold the object.
+            return Outcome(svc.key, settled=True, state=svc.status.state.value, message="being deleted")
+        if not deleting and FINALIZER not in svc.metadata.finalizers:
+            # Before anything is provisioned: a deletion must come back to us.
+            new = svc.model_copy(deep=True)
+            new.metadata.finalizers.append(FINALIZER)
+            try:
+                svc = self.store.update(new)
+            except (Conflict, NotFound):
+                return Outcome(svc.key, requeue_after=0.0, state=svc.status.state.value)
         now = self.clock()
         desired = core.spec_hash(svc)
         try:
@@ -89,13 +105,7 @@ class Reconciler:
         if p.action is None:
             return self._write(svc, p)
         if p.action == core.Action.forget:
-            try:
-                self.store.delete(svc.key, svc.metadata.resourceVersion)
-            except NotFound:
-                pass
-            except Conflict:
-                return Outcome(svc.key, requeue_after=0.0, state=p.status.state.value)
-            return Outcome(svc.key, settled=True, gone=True, state=State.inactive.value, message="deleted")
+            return self._finalize(svc, p)
         action = p.action
         try:
             status = p.status
@@ -115,6 +125,22 @@ class Reconciler:
             p = core.failed(svc, p.status, action, exc, self.clock())
         return self._write(svc, p)
 
+    def _finalize(self, svc: ManagedService, p: core.Plan) -> Outcome:
+        """Deprovisioned and being deleted: drop the host's files, then our finalizer."""
+        self.host.forget(svc.key)
+        new = svc.model_copy(deep=True)
+        new.metadata.finalizers = [f for f in new.metadata.finalizers if f != FINALIZER]
+        try:
+            after = self.store.update(new)
+        except NotFound:
+            return Outcome(svc.key, settled=True, gone=True, state=State.inactive.value, message="deleted")
+        except Conflict:
+            return Outcome(svc.key, requeue_after=0.0, state=p.status.state.value)
+        if after.metadata.finalizers:  # others' finalizers still hold it: no longer ours
+            return Outcome(svc.key, settled=True, state=State.inactive.value,
+                           message="deprovisioned; waiting for finalizers " + ", ".join(after.metadata.finalizers))
+        return Outcome(svc.key, settled=True, gone=True, state=State.inactive.value, message="deleted")
+
     # ------------------------------------------------------------------ parts
 
     def target_for(self, svc: ManagedService) -> Target:
@@ -124,7 +150,7 @@ class Reconciler:
     def _target(self, svc: ManagedService, desired: str, port: int | None) -> Target:
         return Target(
             key=svc.key, uid=svc.metadata.uid or "", config=svc.spec.backend.config(), spec_hash=desired,
-            runtime_dir=self.store.runtime_dir(svc.key),
+            runtime_dir=self.host.runtime_dir(svc.key),
             host=svc.spec.endpoint.host if svc.spec.endpoint else "127.0.0.1", port=port,
             labels=dict(svc.metadata.labels), details=dict(svc.status.backend),
         )

@@ -4,19 +4,30 @@
     ├── NotFound          no such object
     ├── Conflict          resourceVersion (or uid) changed since it was read
     ├── AlreadyExists     create of an existing name
+    ├── Invalid           the store refuses the object (e.g. a finalizer added while deleting)
+    ├── Forbidden         not allowed (the API server's 401/403)
+    ├── Unavailable       the store cannot be reached (API server down, bad kubeconfig)
     └── CorruptObject     an object that cannot be read; names the file/object and why
 
-Writers pass the resourceVersion they read; a stale one is a Conflict, never an
-overwrite. `list` returns the readable objects and the unreadable ones separately, so
-one corrupt object never stops the others from reconciling.
+Persistence only, the same contract as the Kubernetes API server's (FileStore in local
+mode, KubeStore in the cluster): writers pass the resourceVersion they read; a stale one
+is a Conflict, never an overwrite. `list` returns the readable objects and the
+unreadable ones separately, so one corrupt object never stops the others from
+reconciling.
+
+Deletion follows the API server: `delete` *requests* it. While the object has
+finalizers it stays, with `metadata.deletionTimestamp` set; it is gone once an `update`
+removes the last finalizer (and at once if it had none). converge adds its finalizer
+(`converge.api.FINALIZER`) before provisioning anything and removes it once the service
+is deprovisioned, so the core has one deletion path in both stores. Host-local concerns
+(a service's runtime folder, the per-service action lock) are not the store's: see
+converge.host.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Protocol
 
 from converge.api import ManagedService, ServiceKey
@@ -36,6 +47,18 @@ class Conflict(StoreError):
 
 
 class AlreadyExists(StoreError):
+    pass
+
+
+class Invalid(StoreError):
+    pass
+
+
+class Forbidden(StoreError):
+    pass
+
+
+class Unavailable(StoreError):
     pass
 
 
@@ -66,21 +89,19 @@ class Store(Protocol):
         ...
 
     def update(self, obj: ManagedService) -> ManagedService:
-        """Metadata and spec (status untouched); generation +1 when the spec changed."""
+        """Metadata and spec (status untouched); generation +1 when the spec changed.
+        uid, creationTimestamp and deletionTimestamp are the store's. While the object is
+        being deleted no finalizer may be added; removing the last one deletes it (the
+        returned object then has no finalizers)."""
         ...
 
     def update_status(self, obj: ManagedService) -> ManagedService:
         """Status only."""
         ...
 
-    def delete(self, key: ServiceKey, resource_version: str | None = None) -> None: ...
-
-    def lock(self, key: ServiceKey) -> AbstractContextManager[None]:
-        """Held while acting on a service's resources, so two controllers never act at once."""
-        ...
-
-    def runtime_dir(self, key: ServiceKey) -> Path:
-        """A private folder for the backend's files of this service (pid, logs, state)."""
+    def delete(self, key: ServiceKey, resource_version: str | None = None) -> None:
+        """Request deletion: gone now if the object has no finalizers, else marked with
+        deletionTimestamp until they are removed. NotFound if there is no such object."""
         ...
 
     def watch(self, stop: object) -> Iterator[ServiceKey]:

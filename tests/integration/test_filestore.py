@@ -13,8 +13,9 @@ import pytest
 
 from converge.api import ManagedService, ServiceKey
 from converge.filestore import FileStore
+from converge.host import Host
 from converge.selector import parse_selector
-from converge.store import AlreadyExists, Conflict, NotFound
+from converge.store import AlreadyExists, Conflict, Invalid, NotFound
 
 
 def make(name: str, **labels: str) -> ManagedService:
@@ -49,6 +50,36 @@ def test_create_get_update_conflict_delete(tmp_path: Path) -> None:
     s.delete(a.key)
     with pytest.raises(NotFound):
         s.get(a.key)
+
+
+def test_delete_with_finalizers_marks_and_the_last_finalizer_removes(tmp_path: Path) -> None:
+    """Deletion as in the API server: requested, held by finalizers, gone without them."""
+    s = FileStore(tmp_path / "st")
+    a = make("a")
+    a.metadata.finalizers = ["converge.dev/deprovision", "example.com/keep"]
+    a.metadata.deletionTimestamp = None
+    created = s.create(a)
+    s.delete(created.key)
+    marked = s.get(created.key)
+    assert marked.metadata.deletionTimestamp is not None
+    assert marked.metadata.resourceVersion == "2" and marked.metadata.generation == 1
+    s.delete(created.key)  # asking again changes nothing
+    assert s.get(created.key).metadata.resourceVersion == "2"
+    adding = marked.model_copy(deep=True)
+    adding.metadata.finalizers.append("late.example.com/x")
+    with pytest.raises(Invalid, match="no new finalizers"):
+        s.update(adding)
+    undelete = marked.model_copy(deep=True)
+    undelete.metadata.deletionTimestamp = None
+    undelete.metadata.finalizers = ["converge.dev/deprovision"]
+    after = s.update(undelete)  # a writer cannot clear deletionTimestamp
+    assert after.metadata.deletionTimestamp == marked.metadata.deletionTimestamp
+    last = after.model_copy(deep=True)
+    last.metadata.finalizers = []
+    assert s.update(last).metadata.finalizers == []
+    with pytest.raises(NotFound):
+        s.get(created.key)
+    assert not (tmp_path / "st" / "default" / "a.yaml").exists()
 
 
 def test_recreated_object_is_not_overwritten_by_a_stale_writer(tmp_path: Path) -> None:
@@ -103,7 +134,7 @@ def test_concurrent_writers_lose_no_update(tmp_path: Path) -> None:
 
 
 def _hold_lock(root: str, started: multiprocessing.synchronize.Event) -> None:  # type: ignore[name-defined]
-    with FileStore(root).lock(ServiceKey("default", "x")):
+    with Host(root).lock(ServiceKey("default", "x")):
         started.set()
         time.sleep(60)
 
@@ -119,7 +150,7 @@ def test_service_lock_excludes_and_dies_with_its_holder(tmp_path: Path) -> None:
     got = threading.Event()
 
     def take() -> None:
-        with FileStore(root).lock(ServiceKey("default", "x")):
+        with Host(root).lock(ServiceKey("default", "x")):
             got.set()
 
     t = threading.Thread(target=take, daemon=True)
@@ -151,9 +182,10 @@ def test_reading_creates_nothing_and_every_folder_is_private(tmp_path: Path) -> 
     root = tmp_path / "a" / "store"
     s = FileStore(root)
     assert s.list().items == [] and not root.exists()  # `converge get` in a new folder writes nothing
-    with s.lock(ServiceKey("default", "x")):  # the first thing done may be taking a lock
+    host = Host(root)
+    with host.lock(ServiceKey("default", "x")):  # the first thing done may be taking a lock
         pass
-    s.runtime_dir(ServiceKey("default", "x"))
+    host.runtime_dir(ServiceKey("default", "x"))
     for d in [root, *root.rglob("*")]:
         if d.is_dir():
             assert d.stat().st_mode & 0o077 == 0, d

@@ -1,0 +1,82 @@
+"""The local host context: what a controller process keeps on its own machine.
+
+Not persistence (that is the Store's, file or API server): the backends' private folder
+of each service (pid files, logs, Terraform copies) and the per-service action lock, so
+two controllers on one host (a `converge run` and a CLI `reconcile`) never act on one
+service at once. Layout under the root (the file store's root in local mode, the
+operator's `--state-dir` in the cluster), folders 0700, files 0600:
+
+    _runtime/<namespace>/<name>/     the backend's files for the service
+    _locks/<namespace>/<name>.lock   held (flock) while acting on the service
+
+One owner removes a service's runtime folder: `forget`, called by the reconciler once
+the service is deprovisioned and its deletion is being finished.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+from converge.api import ServiceKey
+
+RUNTIME = "_runtime"
+LOCKS = "_locks"
+
+
+def default_state_dir() -> Path:
+    """Where a cluster-mode controller keeps host-local files when not told otherwise."""
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "converge"
+
+
+class Host:
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root)
+        self._made: set[Path] = set()  # folders known to exist
+
+    def _ensure_dir(self, path: Path) -> None:
+        """Create path and its missing parents up to the root, each 0700 (mkdir's
+        `parents` ignores the mode)."""
+        if path in self._made:
+            return
+        missing = [p for p in (path, *path.parents) if not p.exists()]
+        for p in reversed(missing):
+            p.mkdir(mode=0o700, exist_ok=True)
+        self._made.add(path)
+
+    def runtime_dir(self, key: ServiceKey) -> Path:
+        """A private folder for the backend's files of this service (created on demand)."""
+        d = self.root / RUNTIME / key.namespace / key.name
+        self._ensure_dir(d)
+        return d
+
+    def runtime_path(self, key: ServiceKey) -> Path:
+        """The runtime folder's path, without creating it."""
+        return self.root / RUNTIME / key.namespace / key.name
+
+    @contextlib.contextmanager
+    def lock(self, key: ServiceKey) -> Iterator[None]:
+        """Held while acting on a service's resources; released by the kernel if we die."""
+        d = self.root / LOCKS / key.namespace
+        self._ensure_dir(d)
+        fd = os.open(d / f"{key.name}.lock", os.O_CREAT | os.O_RDWR | os.O_NOFOLLOW, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing releases the flock
+
+    def forget(self, key: ServiceKey) -> None:
+        """Remove the service's runtime folder: forgotten means forgotten. Never follows a
+        link out of the root."""
+        d = self.runtime_path(key)
+        self._made.discard(d)
+        if d.is_symlink():
+            d.unlink()
+        elif d.is_dir():
+            shutil.rmtree(d, ignore_errors=True)
