@@ -52,6 +52,14 @@ class Observation:
 
 
 @dataclass(frozen=True)
+class ProbeResult:
+    """What one health probe of a service's endpoint found (converge.backends.health)."""
+
+    ok: bool
+    message: str = ""
+
+
+@dataclass(frozen=True)
 class Target:
     """Everything a backend is told about one service for one call."""
 

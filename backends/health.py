@@ -10,15 +10,9 @@ import http.client
 import ipaddress
 import socket
 import ssl
-from dataclasses import dataclass
 
 from converge.api import HealthCheck
-
-
-@dataclass(frozen=True)
-class ProbeResult:
-    ok: bool
-    message: str = ""
+from converge.backends.base import ProbeResult
 
 
 def probe(check: HealthCheck, protocol: str, host: str, port: int) -> ProbeResult:

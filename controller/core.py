@@ -20,9 +20,8 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 
 from converge.api import AdminState, EndpointStatus, ManagedService, ManagedServiceStatus, State
-from converge.backends.base import Observation, Phase
+from converge.backends.base import Observation, Phase, ProbeResult
 from converge.backends.errors import BackendError, BackendUnavailable, PermanentError
-from converge.backends.health import ProbeResult
 from converge.backoff import restart_delay
 from converge.conditions import READY, RECONCILING, STALLED, mark_progress, set_condition
 
