@@ -45,6 +45,21 @@ class Selector:
     def __str__(self) -> str:
         return ",".join(f"{r.key}{r.op}{sorted(r.values)}" for r in self.requirements)
 
+    def query(self) -> str:
+        """The selector in the API server's syntax (a labelSelector query parameter)."""
+        out = []
+        for r in self.requirements:
+            match r.op:
+                case "=" | "!=":
+                    out.append(f"{r.key}{r.op}{next(iter(r.values))}")
+                case "in" | "notin":
+                    out.append(f"{r.key} {r.op} ({','.join(sorted(r.values))})")
+                case "exists":
+                    out.append(r.key)
+                case _:
+                    out.append(f"!{r.key}")
+        return ",".join(out)
+
 
 def _split(text: str) -> list[str]:
     parts, depth, cur = [], 0, ""
