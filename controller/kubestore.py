@@ -50,8 +50,8 @@ FIELD_MANAGER = "converge"
 _META = ("name", "namespace", "labels", "annotations", "uid", "resourceVersion", "generation",
          "creationTimestamp", "deletionTimestamp", "finalizers")
 _TIMEOUT = (5.0, 30.0)  # connect, read (seconds) for every request but watches
-WATCH_SECONDS = 30
-_PATCH_TEST_FAILED = "the server rejected our request due to an error in our request"  # server-side timeout of one watch request; the loop re-watches
+WATCH_SECONDS = 30  # server-side timeout of one watch request; the loop re-watches
+_PATCH_TEST_FAILED = "the server rejected our request due to an error in our request"
 
 T = TypeVar("T")
 
