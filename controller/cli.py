@@ -13,6 +13,7 @@ functions that need them, so `converge --help` and completion start fast.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import signal
 import sys
@@ -50,18 +51,29 @@ def fail(message: str, code: int = 1) -> NoReturn:
     sys.exit(code)
 
 
-class ClusterModeUnavailable(Exception):
+class StoreChoiceError(Exception):
     pass
 
 
-def make_client(store: str | None, kubeconfig: str | None = None, context: str | None = None) -> Client:
-    """The one place a command's Client is built: the file store, or (later) a cluster."""
+def uses_cluster(store: str | None, kubeconfig: str | None, context: str | None) -> bool:
+    """Flags first (--store, or --kubeconfig/--context), then the environment
+    ($CONVERGE_STORE, then $KUBECONFIG); the file store when nothing names a store."""
+    if store is not None and (kubeconfig is not None or context is not None):
+        raise StoreChoiceError("--store and --kubeconfig/--context name two different stores: choose one")
+    if store is not None:
+        return False
     if kubeconfig is not None or context is not None:
-        raise ClusterModeUnavailable(
-            "cluster mode (--kubeconfig/--context) is not available yet in this version; "
-            "leave them out to use the local file store (--store)")
+        return True
+    return not os.environ.get("CONVERGE_STORE") and bool(os.environ.get("KUBECONFIG"))
+
+
+def make_client(store: str | None, kubeconfig: str | None = None, context: str | None = None) -> Client:
+    """The one place a command's Client is built: a cluster's ManagedServices or the file
+    store (./.converge by default)."""
     from converge.client import Client
 
+    if uses_cluster(store, kubeconfig, context):
+        return Client.cluster(kubeconfig, context, state_dir=os.environ.get("CONVERGE_STATE_DIR"))
     return Client.local(store)
 
 
@@ -79,7 +91,7 @@ def _error_exit(exc: Exception, code: int = 1) -> NoReturn:
         fail("nothing was applied", code)
     if isinstance(exc, NotFound):
         fail(f"managedservice {exc} not found", code)
-    if isinstance(exc, StoreError | SelectorError | WaitTimeout | NotStarted | ClusterModeUnavailable | InvalidName):
+    if isinstance(exc, StoreError | SelectorError | WaitTimeout | NotStarted | StoreChoiceError | InvalidName):
         fail(str(exc), code)
     raise exc
 
@@ -124,7 +136,11 @@ class Ctx:
 
     @property
     def ns(self) -> str:
-        return self.namespace or "default"
+        if self.namespace:
+            return self.namespace
+        if uses_cluster(self.store_path, self.kubeconfig, self.context):
+            return self.client.default_namespace  # the kubeconfig context's, as kubectl
+        return "default"
 
     def key(self, name: str) -> ServiceKey:
         from converge.api import ServiceKey, check_name
@@ -155,7 +171,7 @@ def _set_global(attr: str) -> Callable[[click.Context, click.Parameter, Any], No
 def global_options(envvars: bool) -> Callable[[F], F]:
     """The same flags on the group and on every subcommand (either position works)."""
     opts = [
-        click.option("--store", envvar="CONVERGE_STORE" if envvars else None, default=None, metavar="DIR",
+        click.option("--store", default=None, metavar="DIR",
                      expose_value=False, is_eager=True, callback=_set_global("store_path"),
                      help="File store root (env CONVERGE_STORE, default ./.converge)."),
         click.option("-n", "--namespace", default=None, expose_value=False, is_eager=True,
@@ -163,7 +179,8 @@ def global_options(envvars: bool) -> Callable[[F], F]:
         click.option("-v", "--verbose", is_flag=True, default=None, expose_value=False, is_eager=True,
                      callback=_set_global("verbose"), help="Log every reconcile step."),
         click.option("--kubeconfig", default=None, metavar="FILE", expose_value=False, is_eager=True,
-                     callback=_set_global("kubeconfig"), help="Use a cluster (not available yet)."),
+                     callback=_set_global("kubeconfig"),
+                     help="Use the cluster's ManagedServices (default: $KUBECONFIG unless --store is given)."),
         click.option("--context", default=None, metavar="NAME", expose_value=False, is_eager=True,
                      callback=_set_global("context"), help="The kubeconfig context (with --kubeconfig)."),
     ]

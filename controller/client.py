@@ -8,8 +8,11 @@
     c.down(selector="stack=demo"); c.up(selector="stack=demo"); c.delete("web")
 
 Apply is deploy-with-replace: an existing service of the same name is updated, never
-duplicated. `up`, `down`, `delete` and `reconcile` converge the services they touch
-before returning (like docker compose), so they work without a `converge run`.
+duplicated. In local mode `up`, `down`, `delete` and `reconcile` converge the services
+they touch before returning (like docker compose), so they work without a `converge
+run`. Against a cluster (`Client.cluster`) the operator converges: `up`, `down` and
+`delete` change the desired state and wait until the operator's status shows it done
+(like `kubectl delete`, which waits for finalizers).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from converge import manifest
 from converge.api import FINALIZER, AdminState, ManagedService, ServiceKey, check_name
 from converge.conditions import READY
 from converge.filestore import FileStore, default_root
-from converge.host import Host
+from converge.host import Host, default_state_dir
 from converge.reconciler import Outcome, Reconciler
 from converge.registry import Backends, available_kinds
 from converge.runtime import Runtime
@@ -49,6 +52,27 @@ def _why(svc: ManagedService | None, want: WaitFor) -> str:
     return f": {cond.type}={cond.status} {cond.reason}" + (f": {cond.message}" if cond.message else "")
 
 
+def observed_outcome(svc: ManagedService) -> Outcome:
+    """What a service's status says of it, as an Outcome: settled when the controller has
+    acted on the latest spec and reached its admin state (or is stuck for good)."""
+    st = svc.status
+    ready = next((c for c in st.conditions if c.type == READY), None)
+    stalled = next((c for c in st.conditions if c.type == "Stalled" and c.status == "True"), None)
+    message = (ready.message or ready.reason) if ready is not None else "not reconciled yet"
+    state = st.state.value
+    if svc.metadata.deletionTimestamp is not None:
+        return Outcome(svc.key, state=state, message=f"being deleted: {message}")
+    if st.observedGeneration != svc.metadata.generation:
+        return Outcome(svc.key, state=state, message=f"generation {svc.metadata.generation} not observed yet "
+                       f"(observed: {st.observedGeneration or 'none'})")
+    done = {AdminState.active: ready is not None and ready.status == "True",
+            AdminState.suspended: state == "scaled_to_zero",
+            AdminState.inactive: state == "inactive"}[svc.spec.adminState]
+    if stalled is not None:
+        return Outcome(svc.key, settled=True, state=state, message=stalled.message or stalled.reason)
+    return Outcome(svc.key, settled=done, state=state, message=message)
+
+
 class NotStarted(Exception):
     """Logs of a service that never ran."""
 
@@ -60,12 +84,17 @@ class ApplyResult:
 
 
 class Client:
-    def __init__(self, store: Store, host: Host, backends: Backends | None = None, workers: int = 16) -> None:
+    def __init__(self, store: Store, host: Host, backends: Backends | None = None, workers: int = 16,
+                 converges: bool = True, default_namespace: str = "default") -> None:
         self.store = store
         self.host = host
         self.backends = backends or Backends()
         self.reconciler = Reconciler(store, self.backends, host)
         self.runtime = Runtime(self.reconciler, workers=workers)
+        # True: up/down/delete converge here (local mode). False: a controller elsewhere
+        # (the operator) converges; they wait for its status instead.
+        self.converges = converges
+        self.default_namespace = default_namespace
 
     @classmethod
     def local(cls, root: str | Path | None = None) -> Client:
@@ -74,6 +103,18 @@ class Client:
         folder holds this host's runtime files."""
         store = FileStore((Path(root) if root is not None else default_root()).absolute())
         return cls(store, Host(store.root))
+
+    @classmethod
+    def cluster(cls, kubeconfig: str | Path | None = None, context: str | None = None,
+                state_dir: str | Path | None = None) -> Client:
+        """The ManagedServices of a cluster (kubeconfig file or $KUBECONFIG, context); the
+        operator converges them. `reconcile` still converges on this host, keeping its
+        files in state_dir (default $XDG_STATE_HOME/converge)."""
+        from converge.kubestore import KubeStore, context_namespace
+
+        store = KubeStore.from_kubeconfig(kubeconfig, context)
+        return cls(store, Host(state_dir or default_state_dir()), converges=False,
+                   default_namespace=context_namespace(kubeconfig, context))
 
     @staticmethod
     def load(*sources: str, existing: Iterable[ManagedService] = (),
@@ -185,7 +226,7 @@ class Client:
         # must be in this pass: include every service of the touched namespaces.
         scope = keys if state == AdminState.active else [
             o.key for o in self.store.list().items if o.key.namespace in {k.namespace for k in keys}]
-        out = self.reconcile(scope, timeout)
+        out = self.reconcile(scope, timeout) if self.converges else self.await_operator(keys, timeout)
         return {k: out[k] for k in keys if k in out}
 
     def up(self, selector: str | None = None, names: Iterable[str] = (), namespace: str | None = None,
@@ -202,13 +243,33 @@ class Client:
         gone. force: forget even if deprovisioning did not finish."""
         key = self.key(name, namespace)
         self.store.delete(key)  # NotFound propagates
-        out = self.reconcile([key], timeout).get(key, Outcome(key))
+        done = self.reconcile([key], timeout) if self.converges else self.await_operator([key], timeout)
+        out = done.get(key, Outcome(key))
         if not out.gone and force:
             self._drop_finalizer(key)
             self.host.forget(key)
             return Outcome(key, gone=True, settled=True, message=f"forced; deprovisioning did not finish: "
                            f"{out.message or out.state}")
         return out
+
+    def await_operator(self, keys: Iterable[ServiceKey], timeout: float, poll: float = 0.2,
+                       ) -> dict[ServiceKey, Outcome]:
+        """Until the controller's status shows each service settled (or it is gone)."""
+        deadline = time.monotonic() + timeout
+        pending = list(dict.fromkeys(keys))
+        out: dict[ServiceKey, Outcome] = {}
+        while True:
+            for key in list(pending):
+                try:
+                    o = observed_outcome(self.store.get(key))
+                except NotFound:
+                    o = Outcome(key, settled=True, gone=True, state="inactive", message="deleted")
+                out[key] = o
+                if o.settled:
+                    pending.remove(key)
+            if not pending or time.monotonic() >= deadline:
+                return out
+            time.sleep(poll)
 
     def _drop_finalizer(self, key: ServiceKey) -> None:
         for _ in range(APPLY_RETRIES):

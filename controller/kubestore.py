@@ -20,9 +20,10 @@ import logging
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Any, NoReturn
 
 import urllib3
+import yaml
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes import watch as k8s_watch
@@ -53,9 +54,6 @@ _TIMEOUT = (5.0, 30.0)  # connect, read (seconds) for every request but watches
 WATCH_SECONDS = 30  # server-side timeout of one watch request; the loop re-watches
 _PATCH_TEST_FAILED = "the server rejected our request due to an error in our request"
 
-T = TypeVar("T")
-
-
 def api_client(kubeconfig: str | Path | None = None, context: str | None = None) -> k8s.ApiClient:
     """An API client from a kubeconfig (file, or $KUBECONFIG / ~/.kube/config) and
     context, or the in-cluster service account when there is neither."""
@@ -69,11 +67,23 @@ def api_client(kubeconfig: str | Path | None = None, context: str | None = None)
         else:
             k8s_config.load_kube_config(config_file=str(kubeconfig) if kubeconfig else None, context=context,
                                         client_configuration=cfg)
-    except (k8s_config.ConfigException, OSError, ValueError) as exc:
+    except (k8s_config.ConfigException, OSError, ValueError, TypeError, KeyError, yaml.YAMLError) as exc:
         where = f"kubeconfig {kubeconfig}" if kubeconfig else "kubeconfig"
+        if isinstance(exc, yaml.YAMLError):
+            exc = ValueError("not valid YAML: " + " ".join(str(exc).split()))
         raise Unavailable(f"{where}{f' context {context}' if context else ''}: {exc}") from None
     cfg.retries = False  # an unreachable server is reported at once; callers decide to retry
     return k8s.ApiClient(cfg)
+
+
+def context_namespace(kubeconfig: str | Path | None = None, context: str | None = None) -> str:
+    """The namespace the kubeconfig's context names (kubectl's default), else "default"."""
+    try:
+        contexts, active = k8s_config.list_kube_config_contexts(str(kubeconfig) if kubeconfig else None)
+    except (k8s_config.ConfigException, OSError, ValueError, TypeError, KeyError, yaml.YAMLError):
+        return "default"
+    chosen = next((c for c in contexts if c.get("name") == context), None) if context else active
+    return str(((chosen or {}).get("context") or {}).get("namespace") or "default")
 
 
 def _status_message(exc: ApiException) -> str:
@@ -153,7 +163,7 @@ class KubeStore:
     def from_kubeconfig(cls, kubeconfig: str | Path | None = None, context: str | None = None) -> KubeStore:
         return cls(api_client(kubeconfig, context))
 
-    def _call(self, what: str, fn: Callable[..., T], *args: Any, creating: bool = False, **kw: Any) -> T:
+    def _call(self, what: str, fn: Callable[..., Any], *args: Any, creating: bool = False, **kw: Any) -> Any:
         try:
             return fn(*args, _request_timeout=_TIMEOUT, **kw)
         except (ApiException, urllib3.exceptions.HTTPError, OSError) as exc:
@@ -182,6 +192,7 @@ class KubeStore:
         kw: dict[str, Any] = {}
         if selector is not None and selector.requirements:
             kw["label_selector"] = selector.query()
+        data: dict[str, Any]
         if namespace:
             data = self._call(f"{PLURAL} in namespace {namespace}", self.objects.list_namespaced_custom_object,
                               API_GROUP, API_VERSION, namespace, PLURAL, **kw)

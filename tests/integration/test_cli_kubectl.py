@@ -30,10 +30,15 @@ def test_global_flags_before_or_after_the_subcommand(cli: CLI, tmp_path: Path) -
     assert p.stdout.split() == ["managedservice/a"]
     # a subcommand's flag wins over the same flag before it
     assert cli("-n", "nope", "get", "-n", "team-b", "-o", "name", "--store", str(other)).stdout.strip()
-    # cluster flags are accepted anywhere, and say clearly that cluster mode is not there yet
-    for args in (["--kubeconfig", "kc", "get"], ["get", "--kubeconfig", "kc"], ["get", "--context", "x"]):
+    # cluster flags are accepted anywhere; a kubeconfig that cannot be read is one line, exit 1
+    (tmp_path / "kc").write_text("not: [a kubeconfig")
+    for args in (["--kubeconfig", str(tmp_path / "kc"), "get"], ["get", "--kubeconfig", str(tmp_path / "kc")],
+                 ["get", "--context", "x"]):
         p = cli(*args, check=False)
-        assert p.returncode == 1 and "cluster mode" in p.stderr and "Traceback" not in p.stderr, args
+        assert p.returncode == 1 and "kubeconfig" in p.stderr and "Traceback" not in p.stderr, (args, p.stderr)
+        assert len(p.stderr.strip().splitlines()) == 1, p.stderr
+    p = cli("get", "--kubeconfig", "kc", "--store", str(other), check=False)
+    assert p.returncode == 1 and "choose one" in p.stderr
 
 
 def test_get_names_prints_what_exists_and_fails_on_the_rest(cli: CLI, tmp_path: Path) -> None:
