@@ -141,9 +141,11 @@ def structural(node: dict[str, Any], defs: dict[str, Any], path: str = "") -> di
             [(pattern, values)] = value.items()
             values = structural(values, defs, f"{path}.*")
             if values == {"x-kubernetes-preserve-unknown-fields": True}:  # a map of anything
+                # The API server has no CEL type for a free-form object, so its keys cannot
+                # be checked there: local validation (and the backend) check them.
                 out["x-kubernetes-preserve-unknown-fields"] = True
-            else:
-                out["additionalProperties"] = values
+                continue
+            out["additionalProperties"] = values
             key_rules.append(_key_rule(f"k.matches(r'{pattern}')", _key_message(pattern), pattern))
         elif key == "propertyNames":  # the other constraints on the keys
             for k, limit in value.items():
