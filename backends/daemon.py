@@ -33,7 +33,7 @@ import psutil
 from converge.api import DaemonBackend as DaemonSpec
 from converge.api import ServiceKey
 from converge.backends.base import Notify, Observation, Phase, Target
-from converge.backends.env import resolve_env, scrub, secret_values
+from converge.backends.env import resolve_env, scrub, secret_values, secrets_of
 from converge.backends.errors import PermanentError, TemporaryError
 
 PID_FILE = "daemon.json"
@@ -175,7 +175,7 @@ class DaemonBackend:
             how = f"exited with code {code}" if code is not None and code >= 0 else (
                 f"killed by signal {-code}" if code is not None else "exited (exit code unknown: "
                 "not started by this controller)")
-            log = "\n".join(tail_lines(target.runtime_dir / LOG_FILE, TAIL_LINES))
+            log = scrub("\n".join(tail_lines(target.runtime_dir / LOG_FILE, TAIL_LINES)), secrets_of(target.config))
             # First line: what happened (conditions show it); then the log's last lines.
             msg = f"process {rec['pid']} {how}" + (f"\n{log}" if log else "")
             return Observation(Phase.exited, msg, details, rec.get("specHash"), exit_code=code)
@@ -208,7 +208,8 @@ class DaemonBackend:
         self._forget_exit(target)
         env = resolve_env(spec.env, None)
         secrets = secret_values(spec.env, env)
-        variables = {"NAME": target.key.name, "NAMESPACE": target.key.namespace, **env}
+        plain = {v.name: env[v.name] for v in spec.env if v.valueFrom is None}  # never a secret in argv
+        variables = {"NAME": target.key.name, "NAMESPACE": target.key.namespace, **plain}
         if target.port is not None:
             variables["PORT"] = str(target.port)
         argv = build_argv(spec, variables)

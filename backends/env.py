@@ -6,11 +6,13 @@ process or container; they are never returned in details, status, events or logs
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-from converge.api import EnvVar
+from converge.api import EnvVar, ValueFrom
 from converge.backends.errors import PermanentError, TemporaryError
 
 
@@ -46,9 +48,40 @@ def secret_values(env: Sequence[EnvVar], resolved: dict[str, str]) -> list[str]:
     return [resolved[v.name] for v in env if v.valueFrom is not None and resolved.get(v.name)]
 
 
-def scrub(text: str, secrets: Sequence[str]) -> str:
-    """Replace every secret value in text (e.g. an error message) with ***."""
+MIN_SECRET = 3  # shorter values are no secret worth hiding (and would blank out text)
+
+
+def _pieces(secrets: Sequence[str]) -> list[str]:
+    """Each secret, and each line of a multi-line one (a log shows it line by line), longest
+    first so a longer secret is never left half-replaced by a shorter one."""
+    out = set()
     for s in secrets:
-        if len(s) >= 3:
+        for piece in (s, *s.splitlines()):
+            piece = piece.strip()
+            if len(piece) >= MIN_SECRET:
+                out.add(piece)
+    return sorted(out, key=len, reverse=True)
+
+
+def scrub(text: str, secrets: Sequence[str]) -> str:
+    """Replace every secret value in text (e.g. an error message, a log line) with ***."""
+    for s in _pieces(secrets):
+        if s in text:
             text = text.replace(s, "***")
     return text
+
+
+def secrets_of(config: Any) -> list[str]:
+    """The values a service's spec takes from valueFrom, read now (best effort: a value
+    that cannot be read is not in anything converge writes either). For scrubbing."""
+    env = getattr(config, "env", None)
+    if not env:
+        return []
+    out: list[str] = []
+    for var in env:
+        src = getattr(var, "valueFrom", None)
+        if src is None or not isinstance(src, ValueFrom):
+            continue  # e.g. a Kubernetes secretKeyRef: resolved by the kubelet, never read here
+        with contextlib.suppress(PermanentError, TemporaryError):
+            out += resolve_env([var]).values()
+    return out

@@ -23,6 +23,7 @@ from pydantic import (
     StrictBool,
     StrictInt,
     StringConstraints,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -229,7 +230,8 @@ class DaemonBackend(Model):
 
     command: Argv = Field(
         min_length=1,
-        description="argv of the process; $(PORT) and $(NAME) are expanded, no shell is involved.",
+        description="argv of the process; $(PORT), $(NAME), $(NAMESPACE) and plain env values are expanded "
+                    "(never valueFrom secrets), no shell is involved.",
     )
     env: EnvList = Field(default_factory=list)
     workingDir: LocalPath | None = None
@@ -237,6 +239,23 @@ class DaemonBackend(Model):
 
     _env = field_validator("env", mode="before")(_normalize_env)
     _cmd = field_validator("command")(_argv0)
+
+    @field_validator("env")
+    @classmethod
+    def _no_secret_in_argv(cls, env: list[EnvVar], info: ValidationInfo) -> list[EnvVar]:
+        """A secret expanded into the command line would be readable by every user of the
+        host (/proc/PID/cmdline) and stored in daemon.json: secrets go in the environment only."""
+        command = info.data.get("command") or []
+        for var in env:
+            if var.valueFrom is None:
+                continue
+            ref = f"$({var.name})"
+            for i, arg in enumerate(command):
+                if ref in arg.replace("$$", ""):
+                    raise ValueError(f"{var.name} comes from valueFrom (a secret) and command[{i}] expands {ref}: "
+                                     "a command line is readable by every user of the host; read the secret "
+                                     "from the environment in the program instead")
+        return env
 
 
 class VolumeMount(Model):

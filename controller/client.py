@@ -26,6 +26,7 @@ from pathlib import Path
 
 from converge import manifest
 from converge.api import FINALIZER, AdminState, ManagedService, ServiceKey, check_name
+from converge.backends.env import scrub, secrets_of
 from converge.conditions import READY
 from converge.filestore import FileStore, default_root
 from converge.host import Host, default_state_dir
@@ -330,7 +331,10 @@ class Client:
         """The service's output; NotStarted if it never ran (nothing to show)."""
         svc = self.get(name, namespace)
         backend = self.backends.get(svc.spec.backend.kind)
+        secrets = secrets_of(svc.spec.backend.config())
         lines = backend.logs(self.reconciler.target_for(svc), follow=follow, tail=tail)
+        if secrets:  # a service may print its secrets: converge never shows them
+            lines = (scrub(line, secrets) for line in lines)
         if svc.status.backend or svc.status.startedAt is not None:
             return lines
         first = None if follow else next(lines, None)

@@ -10,12 +10,13 @@ status write, the backend calls, the health probe, the port allocation.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from converge import core, ports
 from converge.api import FINALIZER, AdminState, HealthCheck, ManagedService, ServiceKey, State
 from converge.backends.base import Backend, Observation, Phase, ProbeResult, Target
+from converge.backends.env import scrub, secrets_of
 from converge.backends.errors import BackendError
 from converge.backends.health import probe
 from converge.conditions import is_ready
@@ -223,8 +224,26 @@ class Reconciler:
             return None
         return Probe(ep.healthCheck, ep.protocol, ep.host, port, p.probe_after)
 
+    @staticmethod
+    def _scrubbed(svc: ManagedService, p: core.Plan) -> core.Plan:
+        """The plan with every valueFrom value replaced by *** in the text it writes and
+        logs (lastError, condition messages, the outcome's message), whatever backend
+        produced the text (a crashing service that printed its secret, for one)."""
+        st = p.status
+        if not (p.message or st.lastError or any(c.message for c in st.conditions)):
+            return p
+        secrets = secrets_of(svc.spec.backend.config())
+        if not secrets:
+            return p
+        status = st.model_copy(deep=True)
+        status.lastError = scrub(status.lastError, secrets)
+        for c in status.conditions:
+            c.message = scrub(c.message, secrets)
+        return replace(p, status=status, message=scrub(p.message, secrets))
+
     def _write(self, svc: ManagedService, p: core.Plan) -> Outcome:
         """The pass's one status write, skipped when nothing changed."""
+        p = self._scrubbed(svc, p)
         out = Outcome(svc.key, p.requeue_after, p.settled, state=p.status.state.value,
                       message=p.message, probe=self._next_probe(svc, p))
         if p.status == svc.status:
