@@ -20,6 +20,9 @@ ETCD_VERSION=${ETCD_VERSION:-v3.5.21}
 KWOK_VERSION=${KWOK_VERSION:-v0.8.0}
 HELM_VERSION=${HELM_VERSION:-v3.21.4}
 staging_version=v0${KUBE_VERSION#v1}   # v1.32.4 -> v0.32.4
+# kwok's own default stages (a node turns Ready and keeps a lease; a pod turns Ready, completes,
+# is deleted), from its module: kwok runs nothing without them (tests/cluster/kwok.py).
+kwok_stages=$cache/kwok/stages-$KWOK_VERSION.yaml
 
 have() {  # have NAME VERSION: the cached binary exists and was built for VERSION
   [ -x "$bin/$1" ] && [ "$(cat "$bin/.$1.version" 2>/dev/null)" = "$2" ]
@@ -28,7 +31,7 @@ built() { echo "$2" > "$bin/.$1.version"; }
 
 if have kube-apiserver "$KUBE_VERSION" && have kube-controller-manager "$KUBE_VERSION" \
    && have kube-scheduler "$KUBE_VERSION" && have etcd "$ETCD_VERSION" && have kwok "$KWOK_VERSION" \
-   && have helm "$HELM_VERSION"; then
+   && have helm "$HELM_VERSION" && [ -s "$kwok_stages" ]; then
   exit 0
 fi
 if ! command -v go >/dev/null 2>&1; then
@@ -41,7 +44,7 @@ exec 9>"$bin/.kube.lock"   # two bootstraps at once build once: the second waits
 flock 9
 if have kube-apiserver "$KUBE_VERSION" && have kube-controller-manager "$KUBE_VERSION" \
    && have kube-scheduler "$KUBE_VERSION" && have etcd "$ETCD_VERSION" && have kwok "$KWOK_VERSION" \
-   && have helm "$HELM_VERSION"; then
+   && have helm "$HELM_VERSION" && [ -s "$kwok_stages" ]; then
   exit 0
 fi
 work=$(mktemp -d)
@@ -95,6 +98,18 @@ if ! have kwok "$KWOK_VERSION"; then
   GOFLAGS= GOBIN="$work/gobin" go install -trimpath -ldflags "$ldflags" "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION" >&2
   mv "$work/gobin/kwok" "$bin/kwok"
   built kwok "$KWOK_VERSION"
+fi
+
+if [ ! -s "$kwok_stages" ]; then
+  dir=$(cd "$work" && GOFLAGS= go mod download -json "sigs.k8s.io/kwok@$KWOK_VERSION" \
+        | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
+  mkdir -p "$(dirname "$kwok_stages")"
+  for f in node/fast/node-initialize.yaml node/heartbeat-with-lease/node-heartbeat-with-lease.yaml \
+           pod/fast/pod-ready.yaml pod/fast/pod-complete.yaml pod/fast/pod-delete.yaml; do
+    echo "---"
+    cat "$dir/kustomize/stage/$f"
+  done > "$kwok_stages.tmp"
+  mv "$kwok_stages.tmp" "$kwok_stages"
 fi
 
 if ! have helm "$HELM_VERSION"; then
