@@ -110,11 +110,27 @@ def _key_rule(condition: str, message: str, pattern: str | None = None) -> dict[
     return {"rule": f"self.all(k, {condition})", "message": message}
 
 
+def _fractional_bound_rules(out: dict[str, Any]) -> list[dict[str, str]]:
+    """CEL rules restating fractional minimum/maximum bounds. The API server compares an
+    integer value with a bound truncated to an integer (minimum 0.1 lets 0 through, seen
+    with kube-apiserver 1.32), so a fractional bound is said once more in CEL, where `self`
+    is a double; the message is pydantic's."""
+    rules = []
+    for bound, exclusive, op, words in (("minimum", "exclusiveMinimum", ">", "greater than"),
+                                        ("maximum", "exclusiveMaximum", "<", "less than")):
+        limit = out.get(bound)
+        if isinstance(limit, float) and not limit.is_integer():
+            strict = bool(out.get(exclusive))
+            rules.append({"rule": f"self {op}{'' if strict else '='} {limit!r}",
+                          "message": f"Input should be {words}{'' if strict else ' or equal to'} {limit!r}"})
+    return rules
+
+
 def structural(node: dict[str, Any], defs: dict[str, Any], path: str = "") -> dict[str, Any]:
     """One JSON-schema node (pydantic's output) as a structural OpenAPI v3 schema."""
     node = _merge_any_of(_merge_ref(node, defs), defs, path)
     out: dict[str, Any] = {}
-    key_rules: list[dict[str, str]] = []
+    rules: list[dict[str, str]] = []
     for key, value in node.items():
         if key in _DROP:
             continue
@@ -146,15 +162,15 @@ def structural(node: dict[str, Any], defs: dict[str, Any], path: str = "") -> di
                 out["x-kubernetes-preserve-unknown-fields"] = True
                 continue
             out["additionalProperties"] = values
-            key_rules.append(_key_rule(f"k.matches(r'{pattern}')", _key_message(pattern), pattern))
+            rules.append(_key_rule(f"k.matches(r'{pattern}')", _key_message(pattern), pattern))
         elif key == "propertyNames":  # the other constraints on the keys
             for k, limit in value.items():
                 if k == "maxLength":
-                    key_rules.append(_key_rule(f"size(k) <= {int(limit)}", f"every key is at most {limit} characters"))
+                    rules.append(_key_rule(f"size(k) <= {int(limit)}", f"every key is at most {limit} characters"))
                 elif k == "minLength":
-                    key_rules.append(_key_rule(f"size(k) >= {int(limit)}", f"every key is at least {limit} characters"))
+                    rules.append(_key_rule(f"size(k) >= {int(limit)}", f"every key is at least {limit} characters"))
                 elif k == "pattern":
-                    key_rules.append(_key_rule(f"k.matches(r'{limit}')", _key_message(limit), limit))
+                    rules.append(_key_rule(f"k.matches(r'{limit}')", _key_message(limit), limit))
                 else:
                     raise SchemaError(f"{path}: key constraint {k!r} has no CRD equivalent here")
         elif key == "additionalProperties":
@@ -172,8 +188,9 @@ def structural(node: dict[str, Any], defs: dict[str, Any], path: str = "") -> di
             out[key] = value
         else:
             raise SchemaError(f"{path or '<root>'}: JSON schema keyword {key!r} has no CRD equivalent here")
-    if key_rules:
-        out["x-kubernetes-validations"] = [*out.get("x-kubernetes-validations", []), *key_rules]
+    rules += _fractional_bound_rules(out)
+    if rules:
+        out["x-kubernetes-validations"] = [*out.get("x-kubernetes-validations", []), *rules]
     out = {k: out[k] for k in sorted(out, key=lambda k: _KEEP.index(k) if k in _KEEP else len(_KEEP))}
     if not out.get("type") and not out.get("x-kubernetes-preserve-unknown-fields"):
         if node.get("type") is None and not set(out) - {"description", "default"}:

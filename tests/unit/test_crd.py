@@ -39,7 +39,7 @@ def test_schema_is_structural() -> None:
         assert not forbidden & set(node), f"{path}: {forbidden & set(node)}"
         assert not ("properties" in node and "additionalProperties" in node), path
         assert not isinstance(node.get("additionalProperties"), bool), path
-        if "x-kubernetes-validations" in node or "properties" in node:
+        if "properties" in node or "additionalProperties" in node:
             assert node["type"] == "object", path
         for name in node.get("required", []):
             assert name in node["properties"], f"{path}: required {name} is not a property"
@@ -100,6 +100,7 @@ class Sample(BaseModel):
     ratio: float = Field(default=1.0, gt=0, lt=2)
     mode: Literal["fixed"] = "fixed"
     tags: list[str] = Field(default_factory=list, max_length=8)
+    period: float = Field(default=1.0, ge=0.1, lt=60.5)
 
 
 def test_conversion_of_each_construct() -> None:
@@ -116,6 +117,11 @@ def test_conversion_of_each_construct() -> None:
     assert p["ratio"] == {"type": "number", "default": 1.0, "minimum": 0, "exclusiveMinimum": True,
                           "maximum": 2, "exclusiveMaximum": True}
     assert p["mode"] == {"type": "string", "enum": ["fixed"], "default": "fixed"}
+    assert p["period"] == {  # the API server truncates fractional bounds for integer values: CEL says them again
+        "type": "number", "default": 1.0, "minimum": 0.1, "maximum": 60.5, "exclusiveMaximum": True,
+        "x-kubernetes-validations": [
+            {"rule": "self >= 0.1", "message": "Input should be greater than or equal to 0.1"},
+            {"rule": "self < 60.5", "message": "Input should be less than 60.5"}]}
     assert p["tags"] == {"type": "array", "maxItems": 8, "items": {"type": "string"}}
 
 
