@@ -105,3 +105,10 @@ def test_status_written_by_converge_is_shown_by_kubectl(control_plane: ControlPl
         "NAME", "STATE", "READY", "BACKEND", "ENDPOINT", "RESTARTS", "AGE"]
     control_plane.kubectl("wait", "--for=condition=Ready", "msvc/web", "-n", namespace, "--timeout=10s")
     assert "web" in control_plane.kubectl("get", "converge", "-n", namespace, "-o", "name").stdout  # category
+
+
+def test_example_manifests_apply_to_the_cluster(control_plane: ControlPlane, namespace: str) -> None:
+    """What the README tells users to apply locally can be `kubectl apply`-ed as it is."""
+    examples = Path(__file__).resolve().parents[2] / "manifests" / "examples"
+    p = control_plane.kubectl("apply", "--server-side", "-n", namespace, "-f", str(examples))
+    assert p.stdout.count("serverside-applied") == len(list(yaml.safe_load_all((examples / "stack.yaml").read_text())))
