@@ -11,6 +11,7 @@ them.
 from __future__ import annotations
 
 import re
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,7 +31,13 @@ def control_plane() -> Iterator[ControlPlane]:
         assert files, f"no CRD in {CRDS}"
         for f in files:
             cp.kubectl("apply", "--server-side", "-f", str(f))
-        cp.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd", "--all")
+        # Right after the apply a CRD may have no status.conditions yet, and kubectl wait
+        # then fails at once ("accessor error: <nil>") instead of waiting: try again.
+        deadline = time.monotonic() + 60
+        while cp.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd", "--all",
+                         check=False).returncode != 0:
+            assert time.monotonic() < deadline, "the CRDs are not Established after 60s"
+            time.sleep(0.2)
         yield cp
 
 
