@@ -12,7 +12,14 @@ that removes its last finalizer removes the file.
 
 A write goes to a temp file in the same folder, is fsynced and renamed over the old one,
 and the folder is fsynced: a crash leaves either the old or the new object, never a torn
-one. Parsed objects are cached by (inode, mtime, size), so a steady-state pass reads no
+one (a crash's leftover temp file is removed by the next writer: every write happens under
+the store lock, so a temp file seen while holding it is garbage).
+
+Hostile contents: nothing inside the root is followed if it is a link (namespace folders,
+object files, `.lock`, temp files: O_NOFOLLOW and folder fds), a link or anything but a
+regular file where an object should be is a corrupt object reported by name, objects
+larger than the API's limit are not parsed, and folders that exist with wider modes are
+made 0700 again. Parsed objects are cached by (inode, mtime, size), so a steady-state pass reads no
 YAML at all; like an informer's cache, objects returned by get/list are shared: copy
 (`model_copy(deep=True)`) before changing one.
 """
@@ -22,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import stat
 import threading
 import time
 import uuid
@@ -33,10 +41,11 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from converge.api import ManagedService, ServiceKey
+from converge.api import MAX_OBJECT_BYTES, ManagedService, ServiceKey
 from converge.fielderrors import format_validation_error
 from converge.selector import Selector
-from converge.store import AlreadyExists, Conflict, CorruptObject, Invalid, ListResult, NotFound
+from converge.store import AlreadyExists, Conflict, CorruptObject, Invalid, ListResult, NotFound, StoreError
+from converge.yamlsafe import YamlError, load_all
 
 try:  # the C loader/dumper are ~10x faster when libyaml is there
     from yaml import CSafeDumper as _Dumper
@@ -46,6 +55,13 @@ except ImportError:  # pragma: no cover
     from yaml import SafeLoader as _Loader  # type: ignore[assignment]
 
 _Sig = tuple[int, int, int]
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_TMP_SUFFIX = ".tmp"
+
+
+class UnsafeStore(StoreError):
+    """Something inside the store is a link or not what it should be: converge refuses to
+    write through it (it would write outside the store)."""
 
 
 def default_root() -> Path:
@@ -63,27 +79,47 @@ class FileStore:
         self._cache: dict[Path, tuple[_Sig, ManagedService]] = {}
         self._mu = threading.Lock()
         self._made: set[Path] = set()  # folders known to exist (created on first write)
+        self._swept = False  # leftover temp files removed (by the first write)
 
     # ------------------------------------------------------------------ paths
 
     def _ensure_dir(self, path: Path) -> None:
-        """Create path (and the store root) private: mkdir's `parents` ignores the mode."""
+        """Create path (and the store root) private: mkdir's `parents` ignores the mode.
+        A folder inside the root must be a real folder (never a link), and one that exists
+        with a wider mode is made 0700."""
         if path != self.root and self.root not in self._made:
             self._ensure_dir(self.root)
             self._made.add(self.root)
-        missing = [p for p in (path, *path.parents) if not p.exists()]
+        missing = [p for p in (path, *path.parents) if not p.exists() and not p.is_symlink()]
         for p in reversed(missing):
             p.mkdir(mode=0o700, exist_ok=True)
-        if path == self.root and path.stat().st_mode & 0o077:
-            path.chmod(0o700)
+        if path == self.root:
+            if path.stat().st_mode & 0o077:
+                path.chmod(0o700)
+            return
+        fd = self._open_dir(path)
+        try:
+            if os.fstat(fd).st_mode & 0o077:
+                os.fchmod(fd, 0o700)
+        finally:
+            os.close(fd)
+
+    def _open_dir(self, path: Path) -> int:
+        """An fd of a folder inside the root, refusing a link (O_NOFOLLOW)."""
+        try:
+            return os.open(path, _DIR_FLAGS)
+        except OSError as exc:
+            what = "is a link" if path.is_symlink() else (exc.strerror or str(exc))
+            raise UnsafeStore(f"{path}: {what}: refusing to write there (links inside the store "
+                              "are never followed)") from None
 
     def path(self, key: ServiceKey) -> Path:
         return self.root / key.namespace / f"{key.name}.yaml"
 
     def namespaces(self) -> list[str]:
         try:
-            return sorted(e.name for e in os.scandir(self.root)
-                          if e.is_dir() and not e.name.startswith((".", "_")))
+            return sorted(e.name for e in os.scandir(self.root)  # a linked folder is no namespace
+                          if e.is_dir(follow_symlinks=False) and not e.name.startswith((".", "_")))
         except FileNotFoundError:
             return []
 
@@ -91,20 +127,45 @@ class FileStore:
 
     def _read(self, path: Path, key: ServiceKey | None = None) -> ManagedService:
         try:
-            st = path.stat()
+            st = path.lstat()
         except FileNotFoundError:
             raise NotFound(str(key or path)) from None
+        except OSError as exc:
+            raise CorruptObject(str(path), f"cannot read: {exc.strerror}", key) from None
+        if not stat.S_ISREG(st.st_mode):  # a folder, a link, a fifo ... where an object should be
+            what = "a link (never followed)" if stat.S_ISLNK(st.st_mode) else "not a regular file"
+            raise CorruptObject(str(path), what, key)
+        if path.parent.is_symlink():
+            raise CorruptObject(str(path), f"{path.parent} is a link (never followed)", key)
         sig = _sig(st)
         with self._mu:
             hit = self._cache.get(path)
         if hit is not None and hit[0] == sig:
             return hit[1]
+        if st.st_size > 2 * MAX_OBJECT_BYTES:
+            raise CorruptObject(str(path), f"{st.st_size} bytes, more than an object can be", key)
         try:
-            data: Any = yaml.load(path.read_bytes(), Loader=_Loader)
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         except FileNotFoundError:
             raise NotFound(str(key or path)) from None
-        except (yaml.YAMLError, UnicodeDecodeError) as exc:
-            raise CorruptObject(str(path), f"not valid YAML: {exc}", key) from None
+        except OSError as exc:
+            raise CorruptObject(str(path), f"cannot read: {exc.strerror}", key) from None
+        try:
+            raw = os.read(fd, 2 * MAX_OBJECT_BYTES + 1)
+        except OSError as exc:
+            raise CorruptObject(str(path), f"cannot read: {exc.strerror}", key) from None
+        finally:
+            os.close(fd)
+        data: Any = None
+        try:
+            text = raw.decode()
+            if b"&" in raw or b"!" in raw:  # anchors or tags: only the bounded reader (bombs, cycles)
+                docs = [d for _, d in load_all(text)]
+                data = docs[0] if len(docs) == 1 else docs
+            else:
+                data = yaml.load(text, Loader=_Loader)
+        except (yaml.YAMLError, YamlError, UnicodeDecodeError, RecursionError) as exc:
+            raise CorruptObject(str(path), f"not valid YAML: {' '.join(str(exc).split())[:300]}", key) from None
         if not isinstance(data, dict):
             raise CorruptObject(str(path), "not a mapping", key)
         try:
@@ -124,9 +185,15 @@ class FileStore:
     def list(self, namespace: str | None = None, selector: Selector | None = None) -> ListResult:
         out = ListResult()
         for ns in [namespace] if namespace else self.namespaces():
+            if (self.root / ns).is_symlink():
+                out.errors.append(CorruptObject(str(self.root / ns), "a link (never followed)", None))
+                continue
             try:
                 entries = sorted(os.scandir(self.root / ns), key=lambda e: e.name)
             except FileNotFoundError:
+                continue
+            except OSError as exc:
+                out.errors.append(CorruptObject(str(self.root / ns), f"cannot read: {exc.strerror}", None))
                 continue
             for e in entries:
                 if not e.name.endswith(".yaml") or e.name.startswith("."):
@@ -150,33 +217,56 @@ class FileStore:
         if self.root not in self._made:
             self._ensure_dir(self.root)
             self._made.add(self.root)
-        fd = os.open(self.root / ".lock", os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            fd = os.open(self.root / ".lock", os.O_CREAT | os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise UnsafeStore(f"{self.root / '.lock'}: {exc.strerror}: refusing a link as the store's lock") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
+            if not self._swept:
+                self._sweep()
             yield
         finally:
             os.close(fd)  # closing releases the flock
 
+    def _sweep(self) -> None:
+        """Remove temp files left by a writer that crashed (called holding the store lock,
+        when no write can be under way)."""
+        self._swept = True
+        for ns in self.namespaces():
+            with contextlib.suppress(OSError):
+                for e in os.scandir(self.root / ns):
+                    if e.name.startswith(".") and e.name.endswith(_TMP_SUFFIX) and e.is_file(follow_symlinks=False):
+                        with contextlib.suppress(OSError):
+                            Path(e.path).unlink()
+
     def _write(self, obj: ManagedService) -> ManagedService:
         path = self.path(obj.key)
         self._ensure_dir(path.parent)
-        data = yaml.dump(obj.dump(), Dumper=_Dumper, sort_keys=False, default_flow_style=False)
-        tmp = path.parent / f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp"
-        fd = os.open(tmp, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
+        data = yaml.dump(obj.dump(), Dumper=_Dumper, sort_keys=False, default_flow_style=False).encode()
+        tmp = f".{path.name}.{uuid.uuid4().hex}{_TMP_SUFFIX}"  # unique: no name to plant a link at
+        dfd = self._open_dir(path.parent)  # every step relative to the folder: no link followed
         try:
-            os.write(fd, data.encode())
-            os.fsync(fd)
-        finally:
+            fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                         dir_fd=dfd)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+            except BaseException:
+                os.close(fd)
+                os.unlink(tmp, dir_fd=dfd)
+                raise
             os.close(fd)
-        tmp.replace(path)
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
+            os.replace(tmp, path.name, src_dir_fd=dfd, dst_dir_fd=dfd)
             os.fsync(dfd)
+            st = os.stat(path.name, dir_fd=dfd, follow_symlinks=False)
         finally:
             os.close(dfd)
         self.writes += 1
         with self._mu:
-            self._cache[path] = (_sig(path.stat()), obj.model_copy(deep=True))
+            self._cache[path] = (_sig(st), obj.model_copy(deep=True))
         return obj
 
     def _current(self, key: ServiceKey) -> ManagedService | None:
@@ -262,7 +352,11 @@ class FileStore:
 
     def _remove(self, key: ServiceKey) -> None:
         path = self.path(key)
-        path.unlink()
+        dfd = self._open_dir(path.parent)
+        try:
+            os.unlink(path.name, dir_fd=dfd)
+        finally:
+            os.close(dfd)
         with self._mu:
             self._cache.pop(path, None)
         self.writes += 1

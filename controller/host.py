@@ -28,6 +28,10 @@ RUNTIME = "_runtime"
 LOCKS = "_locks"
 
 
+class UnsafeHost(OSError):
+    """A folder of the host context is a link (or not a folder)."""
+
+
 def default_state_dir() -> Path:
     """Where a cluster-mode controller keeps host-local files when not told otherwise."""
     base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
@@ -39,14 +43,31 @@ class Host:
         self.root = Path(root)
         self._made: set[Path] = set()  # folders known to exist
 
+    def _inside(self, path: Path) -> list[Path]:
+        """The folders from just below the root down to path."""
+        rel = path.relative_to(self.root)
+        return [self.root.joinpath(*rel.parts[: i + 1]) for i in range(len(rel.parts))]
+
+    def _check_no_links(self, path: Path) -> None:
+        """Every folder below the root on the way to path is a real folder, never a link:
+        a link planted there would make converge write (or delete) outside its root."""
+        for p in self._inside(path):
+            if p.is_symlink():
+                raise UnsafeHost(f"{p} is a link: refusing to use it (links inside the store are never followed)")
+
     def _ensure_dir(self, path: Path) -> None:
         """Create path and its missing parents up to the root, each 0700 (mkdir's
-        `parents` ignores the mode)."""
+        `parents` ignores the mode); folders that exist with a wider mode are made 0700."""
         if path in self._made:
             return
+        self._check_no_links(path)
         missing = [p for p in (path, *path.parents) if not p.exists()]
         for p in reversed(missing):
             p.mkdir(mode=0o700, exist_ok=True)
+        for p in self._inside(path):
+            if p.stat(follow_symlinks=False).st_mode & 0o077:
+                p.chmod(0o700)
+        self._check_no_links(path)  # nothing swapped in while we made them
         self._made.add(path)
 
     def runtime_dir(self, key: ServiceKey) -> Path:
@@ -76,7 +97,11 @@ class Host:
         link out of the root."""
         d = self.runtime_path(key)
         self._made.discard(d)
+        try:
+            self._check_no_links(d.parent)  # never rmtree through a linked _runtime or namespace
+        except UnsafeHost:
+            return
         if d.is_symlink():
             d.unlink()
         elif d.is_dir():
-            shutil.rmtree(d, ignore_errors=True)
+            shutil.rmtree(d, ignore_errors=True)  # rmtree itself never follows links inside

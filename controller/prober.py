@@ -23,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from converge.api import ServiceKey
 from converge.reconciler import Probe
+from converge.supervise import supervised
 
 log = logging.getLogger("converge")
 
@@ -39,7 +40,7 @@ class Prober:
         self._heap: list[tuple[float, int, ServiceKey]] = []
         self._seq = 0
         self._closed = False
-        self._thread = threading.Thread(target=self._loop, name="prober", daemon=True)
+        self._thread = supervised("prober", self._loop, lambda: self._closed)
         self._thread.start()
 
     def track(self, key: ServiceKey, probe: Probe) -> None:

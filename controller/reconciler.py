@@ -20,7 +20,7 @@ from converge.backends.env import scrub, secrets_of
 from converge.backends.errors import BackendError
 from converge.backends.health import probe
 from converge.conditions import is_ready
-from converge.host import Host
+from converge.host import Host, UnsafeHost
 from converge.registry import Backends
 from converge.store import Conflict, CorruptObject, NotFound, Store
 
@@ -71,14 +71,17 @@ class Reconciler:
             return Outcome(key, gone=True, settled=True)
         except CorruptObject as exc:
             return Outcome(key, settled=True, error=str(exc))
-        with self.host.lock(key):
-            try:
-                svc = self.store.get(key)  # fresh, now that we hold the service's lock
-            except NotFound:
-                return Outcome(key, gone=True, settled=True)
-            except CorruptObject as exc:
-                return Outcome(key, settled=True, error=str(exc))
-            return self._reconcile(svc)
+        try:
+            with self.host.lock(key):
+                try:
+                    svc = self.store.get(key)  # fresh, now that we hold the service's lock
+                except NotFound:
+                    return Outcome(key, gone=True, settled=True)
+                except CorruptObject as exc:
+                    return Outcome(key, settled=True, error=str(exc))
+                return self._reconcile(svc)
+        except UnsafeHost as exc:  # a link planted in the host folders: refuse, say so, go on
+            return Outcome(key, settled=True, error=str(exc))
 
     def _reconcile(self, svc: ManagedService) -> Outcome:
         deleting = svc.metadata.deletionTimestamp is not None

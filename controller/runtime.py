@@ -20,6 +20,7 @@ from collections.abc import Iterable
 from converge.api import ServiceKey
 from converge.prober import Prober
 from converge.reconciler import Outcome, Reconciler
+from converge.supervise import supervised
 from converge.workqueue import WorkQueue
 
 log = logging.getLogger("converge")
@@ -127,23 +128,27 @@ class Runtime:
 
         def work() -> None:
             while (key := queue.get()) is not None:
-                o = self._reconcile(key)
-                if o.probe is not None:
-                    prober.track(key, o.probe)
-                else:
-                    prober.untrack(key)
-                if o.gone:
-                    known.discard(key)
-                else:
-                    known.add(key)
-                    delay = self.resync if o.requeue_after is None else min(o.requeue_after, self.resync)
-                    queue.add_after(key, delay * (1 + 0.1 * random.random()) if delay >= 1 else delay)
-                queue.done(key)
+                try:
+                    o = self._reconcile(key)
+                    if o.probe is not None:
+                        prober.track(key, o.probe)
+                    else:
+                        prober.untrack(key)
+                    if o.gone:
+                        known.discard(key)
+                    else:
+                        known.add(key)
+                        delay = self.resync if o.requeue_after is None else min(o.requeue_after, self.resync)
+                        queue.add_after(key, delay * (1 + 0.1 * random.random()) if delay >= 1 else delay)
+                except BaseException:
+                    queue.add_after(key, 5.0)  # never lose the key: look again soon
+                    raise
+                finally:
+                    queue.done(key)
 
         relist()
-        threads = [threading.Thread(target=f, daemon=True, name=n)
-                   for f, n in ((watch_store, "store-watch"), (resync, "resync"))]
-        threads += [threading.Thread(target=work, daemon=True, name=f"reconcile-{i}") for i in range(self.workers)]
+        threads = [supervised(n, f, stop.is_set) for f, n in ((watch_store, "store-watch"), (resync, "resync"))]
+        threads += [supervised(f"reconcile-{i}", work, stop.is_set) for i in range(self.workers)]
         for t in threads:
             t.start()
         log.info("controller running with %d workers; Ctrl-C to stop", self.workers)
