@@ -117,3 +117,10 @@ class Backend(Protocol):
     def close(self) -> None:
         """Stop watching and release clients."""
         ...
+
+
+def owns_endpoint(backend: object) -> bool:
+    """Whether a backend realises the service's endpoint itself (a Kubernetes Service): then
+    no port of this host is allocated for it and it is not probed from this host (its
+    observations say `ready`). A backend says so with a class attribute `owns_endpoint = True`."""
+    return bool(getattr(backend, "owns_endpoint", False))

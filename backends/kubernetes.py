@@ -111,6 +111,7 @@ def _json(resp: Any) -> dict[str, Any]:
 
 class KubernetesBackend:
     kind = "kubernetes"
+    owns_endpoint = True  # a Service in the cluster: no host port, no probe from this host
 
     def __init__(self, client_factory: ClientFactory | None = None) -> None:
         self._factory = client_factory or default_client

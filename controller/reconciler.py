@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 
 from converge import core, ports
 from converge.api import FINALIZER, AdminState, HealthCheck, ManagedService, ServiceKey, State
-from converge.backends.base import Backend, Observation, Phase, ProbeResult, Target
+from converge.backends.base import Backend, Observation, Phase, ProbeResult, Target, owns_endpoint
 from converge.backends.env import scrub, secrets_of
 from converge.backends.errors import BackendError
 from converge.backends.health import probe
@@ -116,7 +116,7 @@ class Reconciler:
             if action == core.Action.provision:
                 running = observed.observation is not None and observed.observation.phase in (
                     Phase.running, Phase.suspended)
-                port = self._port(svc, running)
+                port = None if owns_endpoint(backend) else self._port(svc, running)
                 target = self._target(svc, desired, port)
                 details = dict(backend.provision(target))
                 status = core.provisioned(svc, status, details, port, desired)
@@ -156,7 +156,7 @@ class Reconciler:
             key=svc.key, uid=svc.metadata.uid or "", config=svc.spec.backend.config(), spec_hash=desired,
             runtime_dir=self.host.runtime_dir(svc.key),
             host=svc.spec.endpoint.host if svc.spec.endpoint else "127.0.0.1", port=port,
-            labels=dict(svc.metadata.labels), details=dict(svc.status.backend),
+            labels=dict(svc.metadata.labels), details=dict(svc.status.backend), endpoint=svc.spec.endpoint,
         )
 
     def _port(self, svc: ManagedService, running: bool) -> int | None:
@@ -184,8 +184,8 @@ class Reconciler:
 
     def _probe(self, svc: ManagedService, obs: Observation) -> ProbeResult | None:
         ep = svc.spec.endpoint
-        if ep is None or ep.healthCheck is None or obs.phase != Phase.running:
-            return None
+        if ep is None or ep.healthCheck is None or obs.phase != Phase.running or obs.ready is not None:
+            return None  # obs.ready: the backend judged readiness itself
         if svc.spec.adminState != AdminState.active or svc.metadata.deletionTimestamp is not None:
             return None
         port = svc.status.endpoint.port if svc.status.endpoint else None

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.cluster.controlplane import ControlPlane
+from tests.cluster.kwok import FakeNodes
 
 ROOT = Path(__file__).resolve().parents[2]
 CRDS = ROOT / "crds"
@@ -53,3 +54,10 @@ def namespace(control_plane: ControlPlane, request: pytest.FixtureRequest) -> It
     control_plane.kubectl("create", "namespace", ns)
     yield ns
     control_plane.kubectl("delete", "namespace", ns, "--wait=false", check=False)
+
+
+@pytest.fixture(scope="session")
+def fake_nodes(control_plane: ControlPlane) -> Iterator[FakeNodes]:
+    """kube-scheduler + kwok's fake node: pods are scheduled and become Ready (tests/cluster/kwok.py)."""
+    with FakeNodes(control_plane) as nodes:
+        yield nodes

@@ -24,12 +24,6 @@ from tests.cluster.kwok import FakeNodes
 IMAGE = "registry.invalid/converge/web:1"  # never pulled: kwok plays the kubelet
 
 
-@pytest.fixture(scope="session")
-def fake_nodes(control_plane: ControlPlane) -> Iterator[FakeNodes]:
-    with FakeNodes(control_plane) as nodes:
-        yield nodes
-
-
 @pytest.fixture
 def backend(kubeconfig: Path, fake_nodes: FakeNodes) -> Iterator[KubernetesBackend]:
     b = KubernetesBackend(lambda: k8s_config.new_client_from_config(config_file=str(kubeconfig)))
