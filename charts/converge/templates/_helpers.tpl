@@ -81,8 +81,9 @@ secretNames.
   resources: ["events"]
   verbs: ["create", "patch"]
 {{- if include "converge.kubernetesBackend" . }}
-# The kubernetes backend: a Deployment and a Service per ManagedService (server-side apply),
-# pods read for rollout failures (ImagePullBackOff, CrashLoopBackOff) and logs.
+# The kubernetes backend: a Deployment and a Service per ManagedService (server-side apply:
+# patch, and create when the object is absent), pods read for rollout failures
+# (ImagePullBackOff, CrashLoopBackOff) and logs.
 - apiGroups: ["apps"]
   resources: ["deployments"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]

@@ -1,0 +1,149 @@
+"""The chart installed into the real control plane: its ServiceAccount's rights are enough for
+what the operator does with the kubernetes backend, and no more (kubectl auth can-i).
+
+The ServiceAccount's token comes from the TokenRequest API (`kubectl create token`); the
+kubernetes backend runs out of cluster with it and converges a service in a watched
+namespace."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from kubernetes import config as k8s_config
+
+from converge.api import Endpoint, ServiceKey
+from converge.api import KubernetesBackend as KubeSpec
+from converge.backends.base import Phase, Target
+from converge.backends.errors import BackendError
+from converge.backends.kubernetes import KubernetesBackend
+from tests.chart.conftest import CHART, helm_env, helm_path
+from tests.cluster.controlplane import ControlPlane
+from tests.cluster.kwok import FakeNodes
+
+IMAGE = "registry.invalid/converge/web:1"
+
+
+@pytest.fixture(scope="module")
+def helm() -> str:
+    path = helm_path()
+    assert path is not None, "no helm (run .ci/setup.d/kube.sh)"
+    return path
+
+
+@pytest.fixture
+def installed(control_plane: ControlPlane, helm: str, tmp_path: Path) -> Iterator[tuple[str, str, str]]:
+    """(operator namespace, watched namespace, other namespace) with the chart installed to
+    watch only the watched one, kubernetes backend on, one Secret named in values."""
+    suffix = uuid.uuid4().hex[:6]
+    ops, watched, other = f"ops-{suffix}", f"apps-{suffix}", f"other-{suffix}"
+    for ns in (watched, other):
+        control_plane.kubectl("create", "namespace", ns)
+    p = subprocess.run([helm, "install", "converge", str(CHART), "--kubeconfig", str(control_plane.kubeconfig),
+                        "--namespace", ops, "--create-namespace", "--set", f"watchNamespaces={{{watched}}}",
+                        "--set", "secretNames={db-password}", "--set", "leaderElection.enabled=true"],
+                       capture_output=True, text=True, timeout=120, env=helm_env(tmp_path))
+    assert p.returncode == 0, p.stderr
+    yield ops, watched, other
+    subprocess.run([helm, "uninstall", "converge", "--kubeconfig", str(control_plane.kubeconfig), "--namespace",
+                    ops], capture_output=True, timeout=120, env=helm_env(tmp_path))
+    for ns in (ops, watched, other):
+        control_plane.kubectl("delete", "namespace", ns, "--wait=false", check=False)
+
+
+def can_i(cp: ControlPlane, sa: str, *args: str) -> bool:
+    p = cp.kubectl("auth", "can-i", f"--as={sa}", *args, check=False)
+    return p.stdout.strip() == "yes"
+
+
+def test_service_account_has_exactly_enough(control_plane: ControlPlane, installed: tuple[str, str, str]) -> None:
+    ops, watched, other = installed
+    sa = f"system:serviceaccount:{ops}:converge"
+    allowed = [
+        ("watch", "managedservices.converge.dev", "-n", watched),
+        ("patch", "managedservices.converge.dev", "-n", watched),
+        ("update", "managedservices.converge.dev/status", "-n", watched),
+        ("create", "events", "-n", watched),
+        ("patch", "deployments.apps", "-n", watched),
+        ("delete", "services", "-n", watched),
+        ("list", "pods", "-n", watched),
+        ("get", "secret/db-password", "-n", watched),
+        ("update", "leases.coordination.k8s.io/converge", "-n", ops),
+    ]
+    denied = [
+        ("get", "secrets", "-n", watched),                   # only the named one
+        ("get", "secret/other", "-n", watched),
+        ("list", "secrets", "-n", watched),
+        ("create", "pods/exec", "-n", watched),
+        ("create", "pods", "-n", watched),
+        ("list", "managedservices.converge.dev", "-n", other),  # not a watched namespace
+        ("patch", "deployments.apps", "-n", other),
+        ("list", "customresourcedefinitions.apiextensions.k8s.io"),
+        ("create", "clusterroles.rbac.authorization.k8s.io"),
+        ("create", "rolebindings.rbac.authorization.k8s.io", "-n", watched),
+        ("delete", "namespaces"),
+        ("impersonate", "serviceaccounts", "-n", watched),
+        ("update", "leases.coordination.k8s.io/someone-else", "-n", ops),
+        ("*", "*"),
+    ]
+    for args in allowed:
+        assert can_i(control_plane, sa, *args), f"denied: {' '.join(args)}"
+    for args in denied:
+        assert not can_i(control_plane, sa, *args), f"allowed: {' '.join(args)}"
+
+
+def test_backend_converges_with_the_service_account_token(control_plane: ControlPlane, fake_nodes: FakeNodes,
+                                                          installed: tuple[str, str, str], tmp_path: Path) -> None:
+    ops, watched, other = installed
+    token = control_plane.kubectl("create", "token", "converge", "-n", ops, "--duration=10m").stdout.strip()
+    kubeconfig = control_plane.write_kubeconfig(tmp_path / "sa.kubeconfig", token, user="converge")
+    backend = KubernetesBackend(lambda: k8s_config.new_client_from_config(config_file=str(kubeconfig)))
+    endpoint = Endpoint.model_validate({"port": 8080, "healthCheck": {"http": {"path": "/healthz"}}})
+
+    def target(ns: str) -> Target:
+        return Target(key=ServiceKey(ns, "web"), uid=uuid.uuid4().hex, spec_hash="h1", endpoint=endpoint,
+                      config=KubeSpec.model_validate({"image": IMAGE}), runtime_dir=tmp_path / ns)
+
+    try:
+        t = target(watched)
+        backend.provision(t)
+        deadline = time.monotonic() + 60
+        while not backend.observe(t).ready:
+            assert time.monotonic() < deadline, backend.observe(t)
+            time.sleep(0.3)
+        backend.suspend(t)
+        assert backend.observe(t).phase == Phase.suspended
+        backend.deprovision(t)
+        assert backend.observe(t).phase == Phase.absent
+        # Nothing outside the watched namespaces.
+        with pytest.raises(BackendError, match="forbidden"):
+            backend.provision(target(other))
+    finally:
+        backend.close()
+
+
+MANIFESTS = Path(__file__).resolve().parents[2] / "manifests" / "operator"
+
+
+def test_plain_manifests_apply_and_pass_pod_security(control_plane: ControlPlane, fake_nodes: FakeNodes) -> None:
+    """`kubectl apply -f manifests/operator/` as the README says; its namespace enforces the
+    restricted Pod Security Standard, so the operator pod is only created if it complies."""
+    cp = control_plane
+    try:
+        cp.kubectl("apply", "--server-side", "-f", str(MANIFESTS))
+        cp.kubectl("rollout", "status", "deployment/converge", "-n", "converge-system", "--timeout=90s", timeout=120)
+        pods = cp.kubectl("get", "pods", "-n", "converge-system", "-o", "name").stdout.split()
+        assert len(pods) == 1
+        events = cp.kubectl("get", "events", "-n", "converge-system", "-o",
+                            "jsonpath={.items[*].message}").stdout
+        assert "violates PodSecurity" not in events
+        # ... and the namespace really enforces it: a root pod is refused there.
+        bad = cp.kubectl("run", "bad", "--image=x", "-n", "converge-system", "--restart=Never", check=False)
+        assert bad.returncode != 0 and "violates PodSecurity" in bad.stderr
+    finally:
+        cp.kubectl("delete", "namespace", "converge-system", "--wait=false", check=False)
+        cp.kubectl("delete", "clusterrolebinding,clusterrole", "converge", check=False)
