@@ -6,6 +6,8 @@ not ownerReferences (the garbage collector would delete children of a missing ow
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Callable
 from typing import Any
 
 import yaml
@@ -69,3 +71,41 @@ def test_local_mode_converges_a_deployment(cli: CLI, control_plane: ControlPlane
     cli("delete", "web", "-n", namespace, "--timeout", "120s", timeout=180)
     assert deployment(control_plane, namespace) is None
     assert control_plane.kubectl("get", "service", "web", "-n", namespace, check=False).returncode != 0
+
+
+def test_run_restores_a_deleted_deployment_from_the_watch(cli: CLI, control_plane: ControlPlane,
+                                                          fake_nodes: FakeNodes, namespace: str) -> None:
+    """`converge run` with the default 60 s resync: a Deployment deleted or scaled by hand comes
+    back within seconds, so the watch, not the resync, brought the service back."""
+    cli.env["KUBECONFIG"] = str(control_plane.kubeconfig)
+    cli("apply", "-f", "-", input=manifest(namespace))
+    run = cli.popen("run")
+    try:
+        def wait(ok: Callable[[], bool], what: str, timeout: float = 40) -> float:
+            start = time.monotonic()
+            while not ok():
+                assert run.poll() is None, run.stdout.read() if run.stdout else ""
+                assert time.monotonic() - start < timeout, what
+                time.sleep(0.2)
+            return time.monotonic() - start
+
+        def available() -> bool:
+            dep = deployment(control_plane, namespace)
+            return dep is not None and dep["status"].get("availableReplicas") == 2 and dep["spec"]["replicas"] == 2
+
+        wait(available, "first rollout", timeout=90)
+        uid = deployment(control_plane, namespace)["metadata"]["uid"]  # type: ignore[index]
+        control_plane.kubectl("delete", "deployment", "web", "-n", namespace)
+        took = wait(lambda: (d := deployment(control_plane, namespace)) is not None and d["metadata"]["uid"] != uid,
+                    "the Deployment was not re-created")
+        print(f"restored after {took:.1f}s")
+        assert took < 20
+        wait(available, "rollout after re-creation")
+        control_plane.kubectl("scale", "deployment/web", "--replicas=5", "-n", namespace)
+        took = wait(lambda: (d := deployment(control_plane, namespace)) is not None and d["spec"]["replicas"] == 2,
+                    "the scale was not reverted")
+        print(f"restored after {took:.1f}s")
+        assert took < 20
+    finally:
+        run.terminate()
+        run.wait(30)
