@@ -15,6 +15,7 @@ from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -117,10 +118,15 @@ class Model(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=False)
 
 
+def cel_rule(rule: str, message: str) -> dict[str, Any]:
+    """A rule said in CEL for the CRD (x-kubernetes-validations, checked by the API server), for
+    `Field(json_schema_extra=...)` next to the validator that checks it here; same message in both."""
+    return {"x-kubernetes-validations": [{"rule": rule, "message": message}]}
+
+
 def cel(rule: str, message: str) -> ConfigDict:
-    """A model's cross-field rule, said in CEL for the CRD (x-kubernetes-validations, checked by
-    the API server) next to the model_validator that checks it here; same message in both."""
-    return ConfigDict(json_schema_extra={"x-kubernetes-validations": [{"rule": rule, "message": message}]})
+    """A model's cross-field rule in CEL (see cel_rule), next to its model_validator."""
+    return ConfigDict(json_schema_extra=cel_rule(rule, message))
 
 
 DNS1123_LABEL = re.compile(DNS1123_LABEL_PATTERN)
@@ -214,12 +220,19 @@ def _normalize_env(v: Any) -> Any:
 
 EnvList = Annotated[list[EnvVar], Field(max_length=MAX_ITEMS)]
 Argv = Annotated[list[Text], Field(max_length=MAX_ITEMS)]
+BLANK_PROGRAM = "the program (the first element) must not be empty"
+# What str.strip() removes (str.isspace) as an RE2 class: \t-\r, \x1c-\x20, NEL and Unicode's Z*.
+BLANK_PATTERN = r"^[\t-\r\x1c-\x20\x85\p{Z}]*$"
 
 
-def _argv0(v: list[str] | None) -> list[str] | None:
+def _argv0(v: list[str]) -> list[str]:
     if v and not v[0].strip():
-        raise ValueError("the program (the first element) must not be empty")
+        raise ValueError(BLANK_PROGRAM)
     return v
+
+
+Command = Annotated[Argv, AfterValidator(_argv0), Field(json_schema_extra=cel_rule(
+    f"size(self) == 0 || !self[0].matches(r'{BLANK_PATTERN}')", BLANK_PROGRAM))]
 
 
 # --------------------------------------------------------------------------- backends
@@ -228,7 +241,7 @@ def _argv0(v: list[str] | None) -> list[str] | None:
 class DaemonBackend(Model):
     """A local process, started detached in its own session."""
 
-    command: Argv = Field(
+    command: Command = Field(
         min_length=1,
         description="argv of the process; $(PORT), $(NAME), $(NAMESPACE) and plain env values are expanded "
                     "(never valueFrom secrets), no shell is involved.",
@@ -238,7 +251,6 @@ class DaemonBackend(Model):
     stopGracePeriodSeconds: float = seconds(10.0, 0, 3600)
 
     _env = field_validator("env", mode="before")(_normalize_env)
-    _cmd = field_validator("command")(_argv0)
 
     @field_validator("env")
     @classmethod
@@ -297,7 +309,7 @@ class Resources(Model):
 
 class ContainerBackend(Model):
     image: ImageRef
-    command: Argv | None = None
+    command: Command | None = None
     args: Argv | None = None
     env: EnvList = Field(default_factory=list)
     ports: list[ContainerPort] = Field(default_factory=list, max_length=MAX_ITEMS)
@@ -309,7 +321,6 @@ class ContainerBackend(Model):
     stopGracePeriodSeconds: float = seconds(10.0, 0, 3600)
 
     _env = field_validator("env", mode="before")(_normalize_env)
-    _cmd = field_validator("command")(_argv0)
 
 
 def _finite(value: Any, where: str = "") -> None:
@@ -402,7 +413,7 @@ class KubernetesBackend(Model):
     image: ImageRef
     imagePullPolicy: Literal["IfNotPresent", "Always", "Never"] | None = None
     replicas: StrictInt = Field(default=1, ge=0, le=1000)
-    command: Argv | None = None
+    command: Command | None = None
     args: Argv | None = None
     env: list[KubeEnvVar] = Field(default_factory=list, max_length=MAX_ITEMS)
     ports: list[Port] = Field(default_factory=list, max_length=32,
@@ -412,7 +423,6 @@ class KubernetesBackend(Model):
     serviceAccountName: str | None = Field(default=None, max_length=253, pattern=DNS1123_SUBDOMAIN)
 
     _env = field_validator("env", mode="before")(_normalize_env)
-    _cmd = field_validator("command")(_argv0)
 
     @field_validator("ports")
     @classmethod

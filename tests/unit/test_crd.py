@@ -149,3 +149,16 @@ def test_unique_items_become_a_set() -> None:
 def test_what_a_structural_schema_cannot_say_is_an_error(node: dict[str, Any], message: str) -> None:
     with pytest.raises(SchemaError, match=message):
         structural(node, {}, "f")
+
+
+def test_blank_pattern_is_what_str_strip_removes() -> None:
+    """The CEL rule for a blank program (an RE2 class) and the local check (str.strip) agree."""
+    import sys
+    import unicodedata
+
+    from converge.api import BLANK_PATTERN
+
+    assert BLANK_PATTERN == r"^[\t-\r\x1c-\x20\x85\p{Z}]*$"
+    said = {*range(0x09, 0x0E), *range(0x1C, 0x21), 0x85}
+    said |= {c for c in range(sys.maxunicode + 1) if unicodedata.category(chr(c)) in ("Zs", "Zl", "Zp")}
+    assert said == {c for c in range(sys.maxunicode + 1) if chr(c).isspace()}
