@@ -38,6 +38,7 @@ from converge.api import ServiceKey
 from converge.backends import container_args as ca
 from converge.backends.base import Notify, Observation, Phase, Target
 from converge.backends.env import resolve_env, scrub, secret_values
+from converge.backends.env import uses_var as env_uses_var
 from converge.backends.errors import BackendError, BackendUnavailable, PermanentError, TemporaryError
 
 log = logging.getLogger(__name__)
@@ -144,6 +145,23 @@ class ContainerBackend:
         """The containers of this very service (its uid), newest first."""
         return [c for c in self._containers(client, target.key) if c.labels.get(ca.LABEL_UID) == target.uid]
 
+    # ------------------------------------------------------------------ apply-time checks
+
+    def check_apply(self, spec: api.ManagedServiceSpec) -> list[str]:
+        """Problems `apply` can know of before anything runs: an endpoint without a
+        container port, when the image is present and does not EXPOSE exactly one. An image
+        not pulled yet (or no engine) is decided at provision, with the same message."""
+        c = spec.backend.container
+        if c is None or spec.endpoint is None or c.ports or env_uses_var(c.command, "PORT") \
+                or env_uses_var(c.args, "PORT"):
+            return []
+        try:
+            image = self._docker().images.get(c.image)
+        except Exception:
+            return []
+        exposed = ca.exposed_tcp_ports(image.attrs.get("Config"))
+        return [] if len(exposed) == 1 else [ca.missing_port_message(c.image, exposed)]
+
     # ------------------------------------------------------------------ provision
 
     def provision(self, target: Target) -> Mapping[str, Any]:
@@ -165,7 +183,9 @@ class ContainerBackend:
                 self._remove(c, spec.stopGracePeriodSeconds)  # another spec, uid or a duplicate
         if keep is None:
             self._remove_by_name(client, target.key)
-            keep = client.containers.create(**ca.create_args(replace(target, config=spec), env, Path.cwd()))
+            exposed = ca.exposed_tcp_ports(client.images.get(spec.image).attrs.get("Config"))
+            keep = client.containers.create(**ca.create_args(replace(target, config=spec), env, Path.cwd(),
+                                                             exposed))
             try:
                 keep.start()
             except Exception:

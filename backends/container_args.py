@@ -9,12 +9,13 @@ tests/unit/test_container_args.py. converge.backends.container does the calls.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from converge.api import ContainerBackend, ServiceKey
 from converge.backends.base import Target
+from converge.backends.env import expand, uses_var
 from converge.backends.errors import PermanentError
 
 LABEL_NAMESPACE = "dev.converge.namespace"
@@ -88,15 +89,53 @@ def parse_memory(value: str) -> int:
     return size
 
 
-def endpoint_container_port(spec: ContainerBackend, port: int | None) -> int | None:
+def exposed_tcp_ports(image_config: Mapping[str, Any] | None) -> list[int]:
+    """The image's EXPOSEd TCP ports, from its inspect data's Config (`{"8080/tcp": {}}`)."""
+    out = []
+    for key in (image_config or {}).get("ExposedPorts") or {}:
+        number, _, proto = str(key).partition("/")
+        if (proto or "tcp") == "tcp" and number.isdigit():
+            out.append(int(number))
+    return sorted(set(out))
+
+
+def endpoint_container_port(spec: ContainerBackend, port: int | None, exposed: Sequence[int] | None = ()
+                            ) -> int | None:
     """The container port the endpoint reaches: the first `ports` entry without a
-    hostPort, else the endpoint port itself when no ports are listed."""
+    hostPort; with no `ports`, the image's single EXPOSEd TCP port, else (a command that
+    says `$(PORT)` listens where it is told) the endpoint port itself. None: not published.
+    exposed None: the image is not known yet (no error then)."""
     for p in spec.ports:
         if p.hostPort is None and p.protocol == "tcp":
             return p.containerPort
-    if not spec.ports:
+    if spec.ports or port is None:
+        return None
+    if exposed is not None and len(exposed) == 1:
+        return exposed[0]
+    if uses_var(spec.command, "PORT") or uses_var(spec.args, "PORT"):
         return port
-    return None
+    if exposed is None:
+        return None
+    raise PermanentError(missing_port_message(spec.image, exposed), reason="InvalidSpec")
+
+
+def missing_port_message(image: str, exposed: Sequence[int]) -> str:
+    what = "exposes no port" if not exposed else f"exposes {len(exposed)} ports ({', '.join(map(str, exposed))})"
+    return (f"spec.backend.container.ports: the endpoint needs the container port it reaches, and image "
+            f"{image} {what}: set ports: [{{containerPort: N}}] (or pass $(PORT) in the command)")
+
+
+def expand_args(target: Target, env: Mapping[str, str], container_port: int | None) -> tuple[
+        list[str] | None, list[str] | None]:
+    """command and args with $(PORT) (the container port), $(NAME), $(NAMESPACE) and the
+    env variables expanded, as for daemons."""
+    spec: ContainerBackend = target.config
+    variables = {"NAME": target.key.name, "NAMESPACE": target.key.namespace, **env}
+    if container_port is not None:
+        variables["PORT"] = str(container_port)
+    command = None if spec.command is None else [expand(a, variables) for a in spec.command]
+    args = None if spec.args is None else [expand(a, variables) for a in spec.args]
+    return command, args
 
 
 def publish_host(host: str) -> str:
@@ -107,11 +146,12 @@ def publish_host(host: str) -> str:
         return "127.0.0.1"
 
 
-def port_bindings(spec: ContainerBackend, port: int | None, host: str) -> dict[str, list[Any]]:
+def port_bindings(spec: ContainerBackend, port: int | None, host: str, exposed: Sequence[int] | None = ()
+                  ) -> dict[str, list[Any]]:
     """`ports=` of containers.create: '<cport>/<proto>' -> [(host_ip, host_port|None), ...]."""
     addr = publish_host(host)
     out: dict[str, list[Any]] = {}
-    ep_cport = endpoint_container_port(spec, port)
+    ep_cport = endpoint_container_port(spec, port, exposed)
     if port is not None and ep_cport is not None:
         out.setdefault(f"{ep_cport}/tcp", []).append((addr, port))
     ep_taken = False
@@ -139,23 +179,30 @@ def bind_mounts(spec: ContainerBackend, base_dir: Path) -> dict[str, dict[str, s
     return out
 
 
-def create_args(target: Target, env: Mapping[str, str], base_dir: Path) -> dict[str, Any]:
+def create_args(target: Target, env: Mapping[str, str], base_dir: Path, exposed: Sequence[int] = ()
+                ) -> dict[str, Any]:
     """Keyword arguments of `containers.create` for this target. `env` is the resolved
-    environment (it may hold secrets: the result must never be logged)."""
+    environment (it may hold secrets: the result must never be logged); `exposed` the
+    image's EXPOSEd TCP ports."""
     spec: ContainerBackend = target.config
+    cport = endpoint_container_port(spec, target.port, exposed)
+    environment = dict(env)
+    if cport is not None:
+        environment.setdefault("PORT", str(cport))  # as daemons get it
     args: dict[str, Any] = {
         "image": spec.image,
         "name": container_name(target.key),
         "labels": labels_for(target),
         "init": True,
-        "environment": dict(env),
+        "environment": environment,
     }
     # Kubernetes' meaning: command replaces the image's ENTRYPOINT, args its CMD.
-    if spec.command is not None:
-        args["entrypoint"] = list(spec.command)
-    if spec.args is not None:
-        args["command"] = list(spec.args)
-    ports = port_bindings(spec, target.port, target.host)
+    command, cmd_args = expand_args(target, env, cport)
+    if command is not None:
+        args["entrypoint"] = command
+    if cmd_args is not None:
+        args["command"] = cmd_args
+    ports = port_bindings(spec, target.port, target.host, exposed)
     if ports:
         args["ports"] = ports
     volumes = bind_mounts(spec, base_dir)

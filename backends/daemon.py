@@ -18,7 +18,6 @@ import contextlib
 import json
 import logging
 import os
-import re
 import selectors
 import signal
 import subprocess
@@ -33,7 +32,7 @@ import psutil
 from converge.api import DaemonBackend as DaemonSpec
 from converge.api import ServiceKey
 from converge.backends.base import Notify, Observation, Phase, Target
-from converge.backends.env import resolve_env, scrub, secret_values, secrets_of
+from converge.backends.env import expand, resolve_env, scrub, secret_values, secrets_of
 from converge.backends.errors import PermanentError, TemporaryError
 
 PID_FILE = "daemon.json"
@@ -42,17 +41,6 @@ LOG_FILE = "daemon.log"
 LOG_ROTATE_BYTES = 8 * 1024 * 1024
 TAIL_LINES = 10
 log = logging.getLogger("converge")
-_VAR = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
-
-
-def expand(arg: str, variables: Mapping[str, str]) -> str:
-    """Kubernetes-style $(VAR) expansion; $$ is a literal $; unknown names stay as written."""
-    def sub(m: re.Match[str]) -> str:
-        if m.group(0) == "$$":
-            return "$"
-        return variables.get(m.group(1), m.group(0))
-    return _VAR.sub(sub, arg)
-
 
 def build_argv(spec: DaemonSpec, variables: Mapping[str, str]) -> list[str]:
     return [expand(a, variables) for a in spec.command]

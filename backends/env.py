@@ -8,12 +8,29 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Sequence
+import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from converge.api import EnvVar, ValueFrom
 from converge.backends.errors import PermanentError, TemporaryError
+
+_VAR = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
+
+
+def expand(arg: str, variables: Mapping[str, str]) -> str:
+    """Kubernetes-style $(VAR) expansion; $$ is a literal $; unknown names stay as written."""
+    def sub(m: re.Match[str]) -> str:
+        if m.group(0) == "$$":
+            return "$"
+        return variables.get(m.group(1), m.group(0))
+    return _VAR.sub(sub, arg)
+
+
+def uses_var(args: Sequence[str] | None, name: str) -> bool:
+    """Some argument refers to $(name) (not a literal $$(name))."""
+    return any(m.group(1) == name for a in args or () for m in _VAR.finditer(a))
 
 
 def resolve_env(env: Sequence[EnvVar], base_dir: Path | None = None) -> dict[str, str]:

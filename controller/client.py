@@ -27,6 +27,7 @@ from pathlib import Path
 from converge import manifest
 from converge.api import FINALIZER, AdminState, ManagedService, ServiceKey, check_name
 from converge.backends.env import scrub, secrets_of
+from converge.backends.errors import BackendError
 from converge.conditions import READY
 from converge.filestore import FileStore, default_root
 from converge.host import Host, default_state_dir
@@ -125,8 +126,21 @@ class Client:
         return manifest.load(sources, available_kinds(), existing, namespace)
 
     def load_for_apply(self, *sources: str, namespace: str | None = None) -> list[ManagedService]:
-        """Like load, with the stored services taking part in the dependsOn cycle check."""
-        return self.load(*sources, existing=self.store.list().items, namespace=namespace)
+        """Like load, with the stored services taking part in the dependsOn cycle check,
+        and the backends' apply-time checks (e.g. a container endpoint without a port)."""
+        objs = self.load(*sources, existing=self.store.list().items, namespace=namespace)
+        problems = []
+        for o in objs:
+            try:
+                check = getattr(self.backends.get(o.spec.backend.kind), "check_apply", None)
+            except BackendError:
+                continue  # an unavailable backend is reported when the service is reconciled
+            if check is not None:
+                problems += [f'ManagedService "{o.metadata.name}" (namespace {o.metadata.namespace}): {p}'
+                             for p in check(o.spec)]
+        if problems:
+            raise manifest.ManifestError(problems)
+        return objs
 
     # ------------------------------------------------------------------ desired state
 

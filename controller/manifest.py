@@ -149,7 +149,8 @@ def resolve_paths(obj: ManagedService, base: Path) -> list[str]:
             return value
 
     if b.daemon is not None:
-        b.daemon.workingDir = fix("spec.backend.daemon.workingDir", b.daemon.workingDir)
+        # No workingDir: the manifest's folder (stdin: the current one), like docker compose.
+        b.daemon.workingDir = fix("spec.backend.daemon.workingDir", b.daemon.workingDir or ".")
         problems += _resolve_env(base, b.daemon.env, "spec.backend.daemon")
     if b.container is not None:
         problems += _resolve_env(base, b.container.env, "spec.backend.container")

@@ -274,3 +274,18 @@ def test_log_path_is_absolute_with_a_relative_store(cli: CLI, tmp_path: Path) ->
     assert Path(log).is_absolute() and Path(log).exists()
     assert log.startswith(str(tmp_path / "relstore"))
     cli("down", "--force", "-l", "", "--store", "relstore")
+
+
+def test_daemon_without_working_dir_runs_in_the_manifests_folder(cli: CLI, tmp_path: Path) -> None:
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "serve.py").write_text("import pathlib, time\npathlib.Path('started').write_text('yes')\ntime.sleep(600)\n")
+    m = write(app / "s.yaml", daemon("rel", [PY, "serve.py"], check=None))
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    cli.cwd = other  # apply from another folder: the relative script is still found
+    cli("apply", "-f", str(m))
+    assert cli.obj("rel")["spec"]["backend"]["daemon"]["workingDir"] == str(app)
+    cli("reconcile", "--timeout", "30s")
+    until(lambda: (app / "started").exists(), what="the script's file in the manifest's folder")
+    assert cli.obj("rel")["status"]["state"] == "active"

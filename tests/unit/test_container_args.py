@@ -23,8 +23,10 @@ def target(port: int | None = 8080, host: str = "127.0.0.1", labels: dict[str, s
 
 
 def args(**kw: Any) -> dict[str, Any]:
+    """create_args for an image that EXPOSEs 8080 (unless `exposed` says otherwise)."""
     env = kw.pop("env_resolved", {})
-    return ca.create_args(target(**kw), env, Path("/base"))
+    exposed = kw.pop("exposed", [8080])
+    return ca.create_args(target(**kw), env, Path("/base"), exposed)
 
 
 def test_names_never_collide_across_namespaces() -> None:
@@ -40,7 +42,7 @@ def test_minimal_args() -> None:
         "labels": {ca.LABEL_NAMESPACE: "default", ca.LABEL_NAME: "web", ca.LABEL_UID: "u-1",
                    ca.LABEL_SPEC_HASH: "h1", ca.LABEL_PORT: "8080"},
         "init": True,
-        "environment": {},
+        "environment": {"PORT": "8080"},  # the container port, as daemons get it
         "ports": {"8080/tcp": [("127.0.0.1", 8080)]},
     }
 
@@ -83,7 +85,7 @@ def test_volumes_env_workdir_user_resources() -> None:
                             "/etc/x": {"bind": "/x", "mode": "ro"}}
     assert a["working_dir"] == "/data" and a["user"] == "65534"
     assert a["mem_limit"] == 128 * 1024**2 and a["nano_cpus"] == 500_000_000
-    assert a["environment"] == {"A": "1"}
+    assert a["environment"] == {"A": "1", "PORT": "8080"}
 
 
 def test_relative_container_path_is_invalid() -> None:
@@ -179,3 +181,30 @@ def test_map_error_scrubs_secrets() -> None:
 
     err = _map_error(_api_error(500, "bad env TOKEN=hunter22"), "provision x", ["hunter22"])
     assert "hunter22" not in err.message and "***" in err.message
+
+
+def test_endpoint_without_ports_uses_the_images_single_exposed_port() -> None:
+    a = args(port=18080, exposed=[8080])
+    assert a["ports"] == {"8080/tcp": [("127.0.0.1", 18080)]} and a["environment"]["PORT"] == "8080"
+    assert ca.exposed_tcp_ports({"ExposedPorts": {"8080/tcp": {}, "53/udp": {}, "9090": {}}}) == [8080, 9090]
+    assert ca.exposed_tcp_ports(None) == []
+
+
+@pytest.mark.parametrize("exposed", [[], [80, 443]])
+def test_endpoint_without_ports_needs_a_container_port(exposed: list[int]) -> None:
+    with pytest.raises(PermanentError, match=r"ports: \[\{containerPort: N\}\]") as e:
+        args(port=18080, exposed=exposed)
+    assert e.value.reason == "InvalidSpec" and "img:1" in str(e.value)
+    # explicit ports, or a command told where to listen, need no EXPOSE
+    assert args(port=18080, exposed=exposed, ports=[{"containerPort": 9000}])["ports"] == {
+        "9000/tcp": [("127.0.0.1", 18080)]}
+    told = args(port=18080, exposed=exposed, command=["srv", "--port", "$(PORT)", "$$(PORT)"])
+    assert told["entrypoint"] == ["srv", "--port", "18080", "$(PORT)"]
+    assert told["ports"] == {"18080/tcp": [("127.0.0.1", 18080)]}
+
+
+def test_port_and_names_expand_in_command_and_args() -> None:
+    a = args(port=18080, exposed=[8080], command=["run", "$(NAME).$(NAMESPACE)"],
+             args=["--listen=0.0.0.0:$(PORT)", "$(GREETING)", "$(UNKNOWN)"], env_resolved={"GREETING": "hi"})
+    assert a["entrypoint"] == ["run", "web.default"]
+    assert a["command"] == ["--listen=0.0.0.0:8080", "hi", "$(UNKNOWN)"]
