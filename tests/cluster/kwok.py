@@ -19,6 +19,7 @@ import time
 from tests.cluster.controlplane import BIN, CACHE, ControlPlane, ControlPlaneError, _die_with_parent, free_port
 
 NODE = "kwok-node-0"
+LOG_LINES = ("first line from kwok", "second line from kwok")  # every container's log
 KWOK_VERSION = "v0.8.0"
 STAGES = CACHE / "kwok" / f"stages-{KWOK_VERSION}.yaml"  # kwok's default stages (.ci/setup.d/kube.sh)
 
@@ -41,6 +42,7 @@ class FakeNodes:
         self.root = cp.root / "kwok"
         self.root.mkdir(mode=0o700, exist_ok=True)
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.log_file = self.root / "container.log"
 
     def _start(self, name: str, argv: list[str]) -> None:
         log = (self.root / f"{name}.log").open("wb")
@@ -55,16 +57,26 @@ class FakeNodes:
         if missing:
             raise ControlPlaneError("missing: " + ", ".join(missing) + " (run .ci/setup.d/kube.sh)")
         kc = str(self.cp.kubeconfig)
+        # The node's "kubelet" is kwok's server on loopback: `kubectl logs` (and the backend's
+        # logs) read LOG_LINES for every container through it.
+        port = free_port()
+        self.log_file.write_text("".join(f"2026-01-01T00:00:0{i}.000000000Z stdout F {line}\n"  # CRI's format
+                                         for i, line in enumerate(LOG_LINES)))
+        logs_config = self.root / "logs.yaml"
+        logs_config.write_text(json.dumps({
+            "apiVersion": "kwok.x-k8s.io/v1alpha1", "kind": "ClusterLogs", "metadata": {"name": "all"},
+            "spec": {"logs": [{"logsFile": str(self.log_file), "follow": False}]},
+        }))
         self._start("kube-scheduler", [
             str(BIN / "kube-scheduler"), "--kubeconfig", kc, "--authentication-kubeconfig", kc,
             "--authorization-kubeconfig", kc, "--leader-elect=false", "--bind-address", "127.0.0.1",
             "--secure-port", str(free_port()),
         ])
         self._start("kwok", [
-            str(BIN / "kwok"), "--kubeconfig", kc, "--config", str(STAGES), "--manage-all-nodes=false",
-            "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
-            "--manage-nodes-with-label-selector=", "--cidr=10.244.0.0/24", "--node-ip=10.244.0.1",
-            "--node-lease-duration-seconds=40", "--server-address", f"127.0.0.1:{free_port()}",
+            str(BIN / "kwok"), "--kubeconfig", kc, "--config", str(STAGES), "--config", str(logs_config),
+            "--manage-all-nodes=false", "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
+            "--manage-nodes-with-label-selector=", "--cidr=10.244.0.0/24", "--node-ip=127.0.0.1",
+            "--node-port", str(port), "--node-lease-duration-seconds=40", "--server-address", f"127.0.0.1:{port}",
         ])
         self.cp.kubectl("apply", "-f", "-", input=json.dumps(node_manifest()))
         deadline = time.monotonic() + timeout

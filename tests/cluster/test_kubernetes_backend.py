@@ -19,7 +19,7 @@ from converge.api import KubernetesBackend as KubeSpec
 from converge.backends.base import Observation, Phase, Target
 from converge.backends.kubernetes import KubernetesBackend
 from tests.cluster.controlplane import ControlPlane
-from tests.cluster.kwok import FakeNodes
+from tests.cluster.kwok import LOG_LINES, FakeNodes
 
 IMAGE = "registry.invalid/converge/web:1"  # never pulled: kwok plays the kubelet
 
@@ -227,3 +227,17 @@ def test_rollout_failure_is_an_error_with_its_reason(backend: KubernetesBackend,
     o = backend.observe(t)
     assert o.failure == "ImagePullBackOff"
     assert o.message == f'pod {pod}: ImagePullBackOff: Back-off pulling image "{IMAGE}"'
+
+
+def test_logs_of_the_pods(backend: KubernetesBackend, make_target: MakeTarget, fake_nodes: FakeNodes) -> None:
+    t = make_target(name="talk", endpoint=HTTP)
+    backend.provision(t)
+    wait_for(backend, t, ready)
+    assert list(backend.logs(t)) == list(LOG_LINES)
+    assert list(backend.logs(t, tail=1)) == [LOG_LINES[-1]]
+    t2 = make_target(name="talk", uid=t.uid, spec_hash="h2", endpoint=HTTP, replicas=2)
+    backend.provision(t2)
+    wait_for(backend, t2, lambda o: ready(o) and o.spec_hash == "h2")
+    lines = list(backend.logs(t2))
+    assert len(lines) == 4 and all(line.startswith("[talk-") for line in lines)  # one pod's lines, then the other's
+    assert list(backend.logs(make_target(name="nobody"))) == []

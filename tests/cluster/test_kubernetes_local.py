@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 
 from tests.cluster.controlplane import ControlPlane
-from tests.cluster.kwok import FakeNodes
+from tests.cluster.kwok import LOG_LINES, FakeNodes
 from tests.conftest import CLI
 
 IMAGE = "registry.invalid/converge/web:1"
@@ -49,6 +49,8 @@ def test_local_mode_converges_a_deployment(cli: CLI, control_plane: ControlPlane
     assert dep["status"]["availableReplicas"] == 2
     assert "ownerReferences" not in dep["metadata"]
     assert dep["metadata"]["labels"]["converge.dev/uid"] == obj["metadata"]["uid"]
+
+    assert cli("logs", "web", "-n", namespace, "--tail", "1").stdout.splitlines()[-1].endswith(LOG_LINES[-1])
 
     # A spec change rolls the Deployment in place.
     cli("apply", "-f", "-", input=manifest(namespace, image=IMAGE + "-v2"))
