@@ -23,6 +23,7 @@ import signal
 import subprocess
 import threading
 import time
+import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -35,10 +36,13 @@ from converge.backends.base import Notify, Observation, Phase, Target
 from converge.backends.env import expand, resolve_env, scrub, secret_values, secrets_of
 from converge.backends.errors import PermanentError, TemporaryError
 
+MARKER = "CONVERGE_SERVICE_UID"  # in every process's environment: finds what left the session
+STOPPING_FILE = "daemon.stopping"  # since when a deprovision has been waiting for the process to end
+STOP_STEP = 2.0  # the longest one deprovision call waits: timeouts of delete/down are honoured
 PID_FILE = "daemon.json"
 START_INTENT = "daemon.starting"  # exists only while a start is under way
 LOG_FILE = "daemon.log"
-LOG_ROTATE_BYTES = 8 * 1024 * 1024
+LOG_CHECK_SECONDS = 1.0
 TAIL_LINES = 10
 log = logging.getLogger("converge")
 
@@ -60,6 +64,74 @@ def tail_lines(path: Path, n: int) -> list[str]:
     return lines[-n:] if n > 0 else []
 
 
+def _all_pids() -> list[int]:
+    return psutil.pids()
+
+
+def _has_env(pid: int, entry: bytes) -> bool:
+    """The process's environment holds `entry` (NAME=value), read straight from /proc
+    (psutil's environ() parses the whole of it: 20x slower over every process)."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            data = f.read()
+    except OSError:
+        return False
+    return data.startswith(entry + b"\0") or (b"\0" + entry + b"\0") in data or data.endswith(b"\0" + entry)
+
+
+def _create_private(path: Path) -> Any:
+    """A new file, 0600, never through a link (O_EXCL | O_NOFOLLOW)."""
+    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    return os.fdopen(fd, "wb")
+
+
+def _read_float(path: Path) -> float | None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        return float(os.read(fd, 64).decode())
+    except (OSError, ValueError):
+        return None
+    finally:
+        os.close(fd)
+
+
+def rotate_log(path: Path, max_bytes: int, files: int) -> bool:
+    """copytruncate, while the service writes (O_APPEND, so it goes on at the new end):
+    when the log is over max_bytes, daemon.log.N-1 -> .N, the last max_bytes of the log
+    -> daemon.log.1, and the log is truncated. Never follows a link. True if rotated."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        size = os.fstat(fd).st_size
+        if size <= max_bytes:
+            return False
+        if files > 0:
+            for i in range(files - 1, 0, -1):
+                older = path.with_name(f"{path.name}.{i}")
+                if older.exists() and not older.is_symlink():
+                    older.replace(path.with_name(f"{path.name}.{i + 1}"))
+            tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+            with _create_private(tmp) as out:
+                os.lseek(fd, max(0, size - max_bytes), os.SEEK_SET)
+                left = min(size, max_bytes)
+                while left > 0:
+                    chunk = os.read(fd, min(left, 1024 * 1024))
+                    if not chunk:
+                        break
+                    out.write(chunk)
+                    left -= len(chunk)
+            tmp.replace(path.with_name(f"{path.name}.1"))
+        os.ftruncate(fd, 0)
+        return True
+    finally:
+        os.close(fd)
+
+
 class DaemonBackend:
     kind = "daemon"
 
@@ -73,6 +145,7 @@ class DaemonBackend:
         self._wake_r, self._wake_w = -1, -1
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
+        self._logs: dict[ServiceKey, tuple[Path, int, int]] = {}  # key -> (log, max bytes, files kept)
 
     # ------------------------------------------------------------------ identity
 
@@ -112,7 +185,7 @@ class DaemonBackend:
     def _marked(proc: psutil.Process, rec: Mapping[str, Any]) -> bool:
         """A program that rewrote its argv is still ours if it carries our uid marker."""
         try:
-            return bool(rec.get("uid")) and proc.environ().get("CONVERGE_SERVICE_UID") == rec.get("uid")
+            return bool(rec.get("uid")) and proc.environ().get(MARKER) == rec.get("uid")
         except psutil.Error:
             return False
 
@@ -140,18 +213,19 @@ class DaemonBackend:
                 env = proc.info["environ"] or {}
             except psutil.Error:
                 continue
-            if env.get("CONVERGE_SERVICE_UID") != target.uid or proc.pid == known:
+            if env.get(MARKER) != target.uid or proc.pid == known:
                 continue
             with contextlib.suppress(OSError):
                 if os.getpgid(proc.pid) != proc.pid:
                     continue  # a child: stopping its group leader stops it
                 log.warning("%s: stopping pid %d left by an interrupted start", target.key, proc.pid)
                 grace = target.config.stopGracePeriodSeconds if isinstance(target.config, DaemonSpec) else 10.0
-                self._stop(proc, grace)
+                self._stop(proc, grace, target.uid)
         intent.unlink(missing_ok=True)
 
     def observe(self, target: Target) -> Observation:
         self._recover_interrupted_start(target)
+        self._watch_log(target)
         rec = self._record(target)
         if rec is None:
             return Observation(Phase.absent)
@@ -181,9 +255,9 @@ class DaemonBackend:
         if proc is not None and rec is not None:
             if rec.get("specHash") == target.spec_hash:
                 if proc.status() == psutil.STATUS_STOPPED:
-                    self._signal_group(proc.pid, signal.SIGCONT)
+                    self._signal_all(self._family(target.uid, proc), signal.SIGCONT)
                 return {"pid": proc.pid, "log": str(target.runtime_dir / LOG_FILE)}
-            self._stop(proc, spec.stopGracePeriodSeconds)  # replace: never two copies
+            self._stop(proc, spec.stopGracePeriodSeconds, target.uid)  # replace: never two copies
         return self._start(target, spec)
 
     def _forget_exit(self, target: Target) -> None:
@@ -206,15 +280,26 @@ class DaemonBackend:
         if target.port is not None:
             full_env.setdefault("PORT", str(target.port))
         full_env["CONVERGE_SERVICE"] = str(target.key)
-        full_env["CONVERGE_SERVICE_UID"] = target.uid
+        full_env[MARKER] = target.uid
         cwd = Path(spec.workingDir) if spec.workingDir else target.runtime_dir
-        log = target.runtime_dir / LOG_FILE
-        with contextlib.suppress(FileNotFoundError):
-            if log.stat().st_size > LOG_ROTATE_BYTES:
-                log.replace(log.with_suffix(".log.1"))
+        if not cwd.is_dir():
+            raise TemporaryError(f"workingDir {cwd} " + ("is not a folder" if cwd.exists() else "does not exist"),
+                                 reason="WorkingDirMissing")
+        leftovers = self._family(target.uid, None)  # what a crashed run left (double-forked children)
+        if leftovers:
+            log.warning("%s: stopping %s left by the previous run", target.key, self._describe(leftovers))
+            self._stop(None, spec.stopGracePeriodSeconds, target.uid)
+        log_path = target.runtime_dir / LOG_FILE
+        rotate_log(log_path, spec.logMaxBytes, spec.logMaxFiles)
         intent = target.runtime_dir / START_INTENT
-        intent.touch(mode=0o600)
-        fd = os.open(log, os.O_CREAT | os.O_WRONLY | os.O_APPEND, 0o600)
+        intent.unlink(missing_ok=True)
+        _create_private(intent).close()
+        try:
+            fd = os.open(log_path, os.O_CREAT | os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            intent.unlink(missing_ok=True)
+            raise TemporaryError(f"{log_path}: {exc.strerror} (a link is never followed)",
+                                 reason="StartFailed") from None
         try:
             child = subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=fd, stderr=subprocess.STDOUT, env=full_env,
@@ -235,53 +320,121 @@ class DaemonBackend:
             create_time, cmdline = 0.0, argv
         rec = {"pid": child.pid, "createTime": create_time, "argv": cmdline or argv,
                "specHash": target.spec_hash, "uid": target.uid}
-        tmp = self._pidfile(target).with_suffix(".tmp")
-        tmp.write_text(json.dumps(rec))
-        tmp.chmod(0o600)
+        tmp = self._pidfile(target).with_name(f".{PID_FILE}.{uuid.uuid4().hex}.tmp")  # unique: no planted link
+        with _create_private(tmp) as f:
+            f.write(json.dumps(rec).encode())
         tmp.replace(self._pidfile(target))
         (target.runtime_dir / START_INTENT).unlink(missing_ok=True)
+        self._watch_log(target)
         self._arm(child.pid, target.key)
-        return {"pid": child.pid, "log": str(log)}
+        return {"pid": child.pid, "log": str(log_path)}
 
     def suspend(self, target: Target) -> None:
         rec = self._record(target)
         proc = self._live(rec) if rec is not None else None
         if proc is not None:
-            self._signal_group(proc.pid, signal.SIGSTOP)
+            self._signal_all(self._family(target.uid, proc), signal.SIGSTOP)
 
     def deprovision(self, target: Target) -> None:
+        """Stop the whole service. One call waits at most STOP_STEP seconds: a process that
+        ignores SIGTERM is reported (TemporaryError naming it) and the next call goes on
+        waiting, until stopGracePeriodSeconds after the first SIGTERM, then SIGKILL. So a
+        caller's timeout (delete --timeout) is honoured, and grace 0 kills at once."""
         rec = self._record(target)
         proc = self._live(rec) if rec is not None else None
-        if proc is not None:
-            grace = target.config.stopGracePeriodSeconds if isinstance(target.config, DaemonSpec) else 10.0
-            self._stop(proc, grace)
+        family = self._family(target.uid, proc)
+        grace = target.config.stopGracePeriodSeconds if isinstance(target.config, DaemonSpec) else 10.0
+        marker = target.runtime_dir / STOPPING_FILE
+        if family:
+            since = _read_float(marker)
+            now = time.time()
+            if since is None or since > now:
+                since = now
+                marker.unlink(missing_ok=True)
+                with _create_private(marker) as f:
+                    f.write(str(since).encode())
+            if now - since < grace:
+                self._signal_all(family, signal.SIGTERM)
+                self._signal_all(family, signal.SIGCONT)  # a stopped process must wake to die
+                pid = proc.pid if proc is not None else family[0].pid
+                if not self._wait_gone(pid, family, min(STOP_STEP, grace - (now - since))):
+                    left = [p for p in family if self._alive(p)]
+                    kill_in = since + grace - time.time()
+                    raise TemporaryError(f"still running {now - since + STOP_STEP:.0f}s after SIGTERM: "
+                                         f"{self._describe(left)}; SIGKILL in {max(kill_in, 0):.0f}s "
+                                         f"(stopGracePeriodSeconds {grace:g})", reason="Stopping")
+            else:
+                self._signal_all(family, signal.SIGKILL)
+                pid = proc.pid if proc is not None else family[0].pid
+                if not self._wait_gone(pid, family, 5.0):
+                    left = [p for p in family if self._alive(p)]
+                    raise TemporaryError(f"still running after SIGKILL: {self._describe(left)}", reason="Stopping")
+        marker.unlink(missing_ok=True)
         self._forget_exit(target)
         with contextlib.suppress(FileNotFoundError):
             self._pidfile(target).unlink()
+        with self._mu:
+            self._logs.pop(target.key, None)
 
     def _signal_group(self, pid: int, sig: signal.Signals) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, sig)
 
-    def _stop(self, proc: psutil.Process, grace: float) -> None:
-        """SIGTERM the process group (and any descendant that left it), SIGKILL after grace."""
-        try:
-            family = [proc, *proc.children(recursive=True)]
-        except psutil.Error:
-            family = [proc]
-        self._signal_group(proc.pid, signal.SIGTERM)
-        self._signal_group(proc.pid, signal.SIGCONT)  # a stopped group must wake to die
-        for p in family[1:]:
+    @staticmethod
+    def _family(uid: str, leader: psutil.Process | None) -> list[psutil.Process]:
+        """Every process of the service: the leader, its descendants, whatever runs in its
+        session or process group, and anything carrying the service's uid marker in its
+        environment (a double-forked daemon that called setsid still has it)."""
+        found: dict[int, psutil.Process] = {}
+        if leader is not None:
+            found[leader.pid] = leader
             with contextlib.suppress(psutil.Error):
-                if os.getpgid(p.pid) != proc.pid:
-                    p.terminate()
-                    p.resume()
-        if not self._wait_gone(proc.pid, family, grace):
-            self._signal_group(proc.pid, signal.SIGKILL)
-            for p in family:
-                with contextlib.suppress(psutil.Error):
-                    p.kill()
-            self._wait_gone(proc.pid, family, 5.0)
+                for c in leader.children(recursive=True):
+                    found[c.pid] = c
+        me = os.getpid()
+        wanted = f"{MARKER}={uid}".encode()
+        for pid in _all_pids():
+            if pid == me or pid in found:
+                continue
+            try:
+                if (leader is not None and os.getsid(pid) == leader.pid) or (uid and _has_env(pid, wanted)):
+                    found[pid] = psutil.Process(pid)
+            except (psutil.Error, OSError):
+                continue
+        return [p for p in found.values() if DaemonBackend._alive(p)]
+
+    @staticmethod
+    def _describe(family: list[psutil.Process]) -> str:
+        parts = []
+        for p in family[:5]:
+            try:
+                parts.append(f"pid {p.pid} ({' '.join(p.cmdline())[:60] or p.name()})")
+            except psutil.Error:
+                parts.append(f"pid {p.pid}")
+        return ", ".join(parts) + (f" and {len(family) - 5} more" if len(family) > 5 else "")
+
+    def _signal_all(self, family: list[psutil.Process], sig: signal.Signals) -> None:
+        groups = set()
+        for p in family:
+            with contextlib.suppress(psutil.Error, OSError):
+                groups.add(os.getpgid(p.pid))
+                p.send_signal(sig)
+        for g in groups:  # threads/children that appeared since the list was made
+            if g > 1 and g != os.getpgrp():
+                self._signal_group(g, sig)
+
+    def _stop(self, proc: psutil.Process | None, grace: float, uid: str = "") -> None:
+        """SIGTERM the whole service (group, session, descendants, marked processes),
+        SIGKILL what is left after grace."""
+        family = self._family(uid, proc)
+        if not family:
+            return
+        self._signal_all(family, signal.SIGTERM)
+        self._signal_all(family, signal.SIGCONT)  # a stopped process must wake to die
+        pid = proc.pid if proc is not None else family[0].pid
+        if not self._wait_gone(pid, family, grace):
+            self._signal_all(family, signal.SIGKILL)
+            self._wait_gone(pid, family, 5.0)
 
     def _wait_gone(self, pid: int, family: list[psutil.Process], timeout: float) -> bool:
         """Until every process of the family is dead (a zombie counts as dead)."""
@@ -356,17 +509,45 @@ class DaemonBackend:
             self._selector.register(pidfd, selectors.EVENT_READ, pid)
         os.write(self._wake_w, b"x")
 
+    def _watch_log(self, target: Target) -> None:
+        """Keep the service's log within its size while it runs (the exit watcher's thread
+        checks every second; each observe checks too)."""
+        if isinstance(target.config, DaemonSpec):
+            entry = (target.runtime_dir / LOG_FILE, target.config.logMaxBytes, target.config.logMaxFiles)
+            with self._mu:
+                self._logs[target.key] = entry
+            rotate_log(*entry)
+
+    def _rotate_all(self) -> None:
+        with self._mu:
+            entries = list(self._logs.values())
+        for entry in entries:
+            rotate_log(*entry)
+
     def _loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                self._loop_once()
+            except Exception:  # the exit watcher must never die silently
+                log.exception("daemon exit watcher failed; going on")
+                time.sleep(1)
+
+    def _loop_once(self) -> None:
         assert self._selector is not None
         while not self._stopping.is_set():
-            for sk, _ in self._selector.select():
+            events = self._selector.select(timeout=LOG_CHECK_SECONDS)
+            self._rotate_all()
+            for sk, _ in events:
                 if sk.data is None:
                     with contextlib.suppress(BlockingIOError):
                         os.read(self._wake_r, 4096)
                     continue
                 pid = int(sk.data)
                 with self._mu:
-                    pidfd, key = self._watched.pop(pid)
+                    entry = self._watched.pop(pid, None)
+                    if entry is None:
+                        continue
+                    pidfd, key = entry
                     self._selector.unregister(pidfd)
                 os.close(pidfd)
                 self._reap(pid)

@@ -249,6 +249,9 @@ class DaemonBackend(Model):
     env: EnvList = Field(default_factory=list)
     workingDir: LocalPath | None = None
     stopGracePeriodSeconds: float = seconds(10.0, 0, 3600)
+    logMaxBytes: StrictInt = Field(default=10 * 1024 * 1024, ge=64 * 1024, le=1024**4,
+                                   description="daemon.log is rotated while the service runs once this large.")
+    logMaxFiles: StrictInt = Field(default=3, ge=0, le=100, description="Rotated logs kept (daemon.log.1 ...).")
 
     _env = field_validator("env", mode="before")(_normalize_env)
 

@@ -261,10 +261,11 @@ class Client:
         done = self.reconcile([key], timeout) if self.converges else self.await_operator([key], timeout)
         out = done.get(key, Outcome(key))
         if not out.gone and force:
+            killed = self.reconciler.kill(key) if self.converges else "not stopped (the operator's host)"
             self._drop_finalizer(key)
             self.host.forget(key)
-            return Outcome(key, gone=True, settled=True, message=f"forced; deprovisioning did not finish: "
-                           f"{out.message or out.state}")
+            return Outcome(key, gone=True, settled=True, message=f"forced, {killed}; deprovisioning had not "
+                           f"finished: {out.message or out.state}")
         return out
 
     def await_operator(self, keys: Iterable[ServiceKey], timeout: float, poll: float = 0.2,

@@ -147,6 +147,26 @@ class Reconciler:
 
     # ------------------------------------------------------------------ parts
 
+    def kill(self, key: ServiceKey) -> str:
+        """Deprovision at once, skipping the grace period (delete --force): what a forced
+        deletion forgets must not go on running. Returns what happened, in words."""
+        try:
+            svc = self.store.get(key)
+        except NotFound:
+            return "already gone"
+        config = svc.spec.backend.config()
+        fields = getattr(type(config), "model_fields", {})
+        if "stopGracePeriodSeconds" not in fields:
+            return f"the {svc.spec.backend.kind} backend was not stopped"
+        backend = self.backends.get(svc.spec.backend.kind)
+        target = replace(self.target_for(svc), config=config.model_copy(update={"stopGracePeriodSeconds": 0}))
+        with self.host.lock(key):
+            try:
+                backend.deprovision(target)
+            except BackendError as exc:
+                return f"killing failed: {exc.message}"
+        return "killed"
+
     def target_for(self, svc: ManagedService) -> Target:
         """The backend's view of a service as it is now (for logs and tools)."""
         return self._target(svc, core.spec_hash(svc), svc.status.endpoint.port if svc.status.endpoint else None)
