@@ -123,6 +123,14 @@ class KubernetesBackend:
         self._watches: list[k8s_watch.Watch] = []
         self._stop = threading.Event()
 
+    @classmethod
+    def from_kubeconfig(cls, kubeconfig: str | None = None, context: str | None = None) -> KubernetesBackend:
+        """The backend for the cluster a kubeconfig file (and context) names, e.g. the one
+        `--kubeconfig/--context` chose for the store; None: as default_client."""
+        if kubeconfig is None and context is None:
+            return cls()
+        return cls(lambda: k8s_config.new_client_from_config(config_file=kubeconfig, context=context))
+
     # ------------------------------------------------------------------ plumbing
 
     def _api(self) -> k8s.ApiClient:

@@ -14,7 +14,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from kubernetes import config as k8s_config
 
 from converge.api import Endpoint, ServiceKey
 from converge.api import KubernetesBackend as KubeSpec
@@ -101,7 +100,7 @@ def test_backend_converges_with_the_service_account_token(control_plane: Control
     ops, watched, other = installed
     token = control_plane.kubectl("create", "token", "converge", "-n", ops, "--duration=10m").stdout.strip()
     kubeconfig = control_plane.write_kubeconfig(tmp_path / "sa.kubeconfig", token, user="converge")
-    backend = KubernetesBackend(lambda: k8s_config.new_client_from_config(config_file=str(kubeconfig)))
+    backend = KubernetesBackend.from_kubeconfig(str(kubeconfig), "test")
     endpoint = Endpoint.model_validate({"port": 8080, "healthCheck": {"http": {"path": "/healthz"}}})
 
     def target(ns: str) -> Target:

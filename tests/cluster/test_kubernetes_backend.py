@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kubernetes import config as k8s_config
 
 from converge.api import Endpoint, ServiceKey
 from converge.api import KubernetesBackend as KubeSpec
@@ -26,7 +25,7 @@ IMAGE = "registry.invalid/converge/web:1"  # never pulled: kwok plays the kubele
 
 @pytest.fixture
 def backend(kubeconfig: Path, fake_nodes: FakeNodes) -> Iterator[KubernetesBackend]:
-    b = KubernetesBackend(lambda: k8s_config.new_client_from_config(config_file=str(kubeconfig)))
+    b = KubernetesBackend.from_kubeconfig(str(kubeconfig))
     yield b
     b.close()
 
