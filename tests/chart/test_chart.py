@@ -211,3 +211,18 @@ def test_bad_values_fail_at_install(helm: str, tmp_path: Path, values: dict[str,
     assert p.returncode != 0, f"helm accepted {values}:\n{p.stdout[:500]}"
     assert needle in p.stderr, p.stderr
     assert p.stdout == ""  # nothing rendered
+
+
+def test_every_flag_the_chart_passes_is_one_of_converge_operator(render: Render) -> None:
+    import sys
+
+    p = subprocess.run([str(Path(sys.executable).parent / "converge"), "operator", "--help"], capture_output=True,
+                       text=True, timeout=60)
+    if p.returncode != 0:
+        pytest.skip("no `converge operator` yet")
+    objs = render({"watchNamespaces": ["a"], "leaderElection": {"enabled": True}, "replicaCount": 2,
+                   "backends": {"enabled": ["kubernetes", "daemon"]}})
+    flags = {a.split("=", 1)[0] for o in (objs, render()) for a in container(o)["args"]}
+    assert flags, "no flags rendered"
+    for flag in flags:
+        assert flag in p.stdout, f"converge operator has no {flag}"
