@@ -7,7 +7,10 @@ namespace."""
 
 from __future__ import annotations
 
+import json
+import socket
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -146,3 +149,46 @@ def test_plain_manifests_apply_and_pass_pod_security(control_plane: ControlPlane
     finally:
         cp.kubectl("delete", "namespace", "converge-system", "--wait=false", check=False)
         cp.kubectl("delete", "clusterrolebinding,clusterrole", "converge", check=False)
+
+
+def test_operator_converges_with_the_chart_rights(control_plane: ControlPlane, fake_nodes: FakeNodes,
+                                                  installed: tuple[str, str, str], tmp_path: Path) -> None:
+    """`converge operator` out of cluster with the chart's ServiceAccount token and the flags the
+    chart gives it: a ManagedService applied with kubectl becomes Ready."""
+    converge = str(Path(sys.executable).parent / "converge")
+    if subprocess.run([converge, "operator", "--help"], capture_output=True, timeout=60).returncode != 0:
+        pytest.skip("no `converge operator` yet")
+    ops, watched, _ = installed
+    token = control_plane.kubectl("create", "token", "converge", "-n", ops, "--duration=10m").stdout.strip()
+    kubeconfig = control_plane.write_kubeconfig(tmp_path / "sa.kubeconfig", token, user="converge")
+
+    def port() -> int:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return int(s.getsockname()[1])
+
+    argv = [converge, "operator", "--kubeconfig", str(kubeconfig), f"--namespace={watched}",
+            "--enable-backend=kubernetes", "--leader-elect", "--lease-name=converge", f"--lease-namespace={ops}",
+            f"--health-port={port()}", f"--metrics-port={port()}", f"--state-dir={tmp_path / 'state'}"]
+    log = (tmp_path / "operator.log").open("wb")
+    op = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        manifest = {"apiVersion": "converge.dev/v1alpha1", "kind": "ManagedService",
+                    "metadata": {"name": "web", "namespace": watched},
+                    "spec": {"backend": {"kubernetes": {"image": IMAGE, "ports": [8080]}},
+                             "endpoint": {"port": 8080, "healthCheck": {"http": {"path": "/healthz"}}}}}
+        control_plane.kubectl("apply", "-f", "-", input=json.dumps(manifest))
+        p = control_plane.kubectl("wait", "--for=condition=Ready", "msvc/web", "-n", watched, "--timeout=120s",
+                                  check=False, timeout=150)
+        assert p.returncode == 0, p.stderr + (tmp_path / "operator.log").read_text()[-3000:]
+        control_plane.kubectl("delete", "msvc/web", "-n", watched, "--timeout=120s", timeout=150)
+        assert control_plane.kubectl("get", "deployment", "web", "-n", watched, check=False).returncode != 0
+        text = (tmp_path / "operator.log").read_text()
+        assert "forbidden" not in text.lower(), text[-3000:]
+    finally:
+        op.terminate()
+        try:
+            op.wait(30)
+        except subprocess.TimeoutExpired:
+            op.kill()
+        log.close()
