@@ -151,13 +151,20 @@ def test_plain_manifests_apply_and_pass_pod_security(control_plane: ControlPlane
         cp.kubectl("delete", "clusterrolebinding,clusterrole", "converge", check=False)
 
 
-def test_operator_converges_with_the_chart_rights(control_plane: ControlPlane, fake_nodes: FakeNodes,
-                                                  installed: tuple[str, str, str], tmp_path: Path) -> None:
-    """`converge operator` out of cluster with the chart's ServiceAccount token and the flags the
-    chart gives it: a ManagedService applied with kubectl becomes Ready."""
+@pytest.fixture
+def converge_operator() -> str:
     converge = str(Path(sys.executable).parent / "converge")
     if subprocess.run([converge, "operator", "--help"], capture_output=True, timeout=60).returncode != 0:
         pytest.skip("no `converge operator` yet")
+    return converge
+
+
+def test_operator_converges_with_the_chart_rights(converge_operator: str, control_plane: ControlPlane,
+                                                  fake_nodes: FakeNodes, installed: tuple[str, str, str],
+                                                  tmp_path: Path) -> None:
+    """`converge operator` out of cluster with the chart's ServiceAccount token and the flags the
+    chart gives it: a ManagedService applied with kubectl becomes Ready."""
+    converge = converge_operator
     ops, watched, _ = installed
     token = control_plane.kubectl("create", "token", "converge", "-n", ops, "--duration=10m").stdout.strip()
     kubeconfig = control_plane.write_kubeconfig(tmp_path / "sa.kubeconfig", token, user="converge")
