@@ -324,7 +324,7 @@ def _install_recipe(ws: _Workspace, source: Path, previous: list[str], copy: boo
 def _var_file(name: str, recipe: Path) -> Path:
     path = Path(name).expanduser()
     if not path.is_absolute():
-        path = path.absolute() if path.exists() else recipe / path
+        path = path.absolute() if path.exists() else (recipe / path).absolute()
     if not path.is_file():
         raise TemporaryError(
             f"variable file {name} not found (looked at {path})", reason="VariableFileNotFound"
@@ -341,6 +341,7 @@ def _install_var_files(ws: _Workspace, sources: list[Path], copy: bool) -> list[
     out: list[str] = []
     for i, src in enumerate(sources):
         dst = ws.varfiles / f"{i:02d}-{src.name}"
-        shutil.copy2(src, dst)
-        out.append(str(dst))
+        shutil.copyfile(src, dst)  # not copy2: the source's mode (0644) must not come along
+        dst.chmod(0o600)
+        out.append(str(dst.absolute()))  # terraform runs in the runtime dir: a relative store path breaks
     return out

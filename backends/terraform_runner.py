@@ -19,6 +19,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -95,9 +96,9 @@ def run(
     path = _new_log_path(log_dir, label)
     start = time.monotonic()
     timed_out = False
-    with open(path, "ab", buffering=0) as f:
+    with _private_append(path) as f:
         f.write(f"# {_now()} {label}: {' '.join(argv)}\n".encode())
-        proc = subprocess.Popen(
+        proc = subprocess.Popen(  # no umask of ours: what the recipe makes for others stays readable
             list(argv), cwd=cwd, env=dict(env), stdin=subprocess.DEVNULL, stdout=f,
             stderr=subprocess.STDOUT, start_new_session=True,
         )
@@ -110,6 +111,7 @@ def run(
         rc = proc.returncode
         note = f"timed out after {timeout:g}s, stopped" if timed_out else f"exit {rc}"
         f.write(f"# {_now()} {label}: {note} ({seconds:.2f}s)\n".encode())
+    _tighten_state(cwd)
     output = _read_tail(path)
     _prune(log_dir, path, label, rc == 0 and not timed_out)
     return RunResult(label, rc, output, seconds, timed_out)
@@ -132,11 +134,27 @@ def capture(argv: Sequence[str], cwd: Path, env: Mapping[str, str], timeout: flo
     return RunResult("capture", proc.returncode, out, time.monotonic() - start)
 
 
+def _tighten_state(cwd: Path) -> None:
+    """The state (it holds every value of the recipe, sensitive ones too) is made 0600 after
+    each run; the runtime folder around it is 0700 in any case."""
+    for name in ("terraform.tfstate", "terraform.tfstate.backup"):
+        p = cwd / name
+        with contextlib.suppress(OSError):
+            if not p.is_symlink() and p.stat().st_mode & 0o077:
+                p.chmod(0o600)
+
+
+def _private_append(path: Path) -> Any:
+    """A run log: 0600 (a run may print sensitive values), never through a link."""
+    fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    return os.fdopen(fd, "ab", buffering=0)
+
+
 def note(log_dir: Path, text: str) -> None:
     """Add a line of our own to the run logs (e.g. a stale lock that was found)."""
     log_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    with open(_new_log_path(log_dir, "note"), "a") as f:
-        f.write(f"# {_now()} converge: {text}\n")
+    with _private_append(_new_log_path(log_dir, "note")) as f:
+        f.write(f"# {_now()} converge: {text}\n".encode())
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
