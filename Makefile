@@ -1,19 +1,38 @@
-# The two commands of the README. Everything is installed by .ci/bootstrap (idempotent,
-# cached in $CONVERGE_CACHE, default ~/.cache/converge).
+# The README's commands. .ci/bootstrap installs what each needs (idempotent, cached in
+# $CONVERGE_CACHE, default ~/.cache/converge; one virtualenv per checkout).
 SHELL := /bin/bash
-.PHONY: demo test lint bench crds manifests image lock
+.PHONY: demo demo-down clean test lint bench crds manifests image lock
+DEMO_STORE ?= $(CURDIR)/.converge
 
-# Install everything, then apply the example stack and converge it with the file store.
+# Only what the demo needs: a virtualenv with converge's own dependencies (`pip install .`),
+# no root, no Docker, no Terraform, no test tools. Leaves the stack running (make demo-down).
 demo:
-	@bin=$$(.ci/bootstrap | tail -1) && \
-	export CONVERGE_STORE=$${CONVERGE_STORE:-$$PWD/.converge} && \
+	@bin=$$(CONVERGE_SETUP=none CONVERGE_EXTRAS= .ci/bootstrap | tail -1) && \
+	export CONVERGE_STORE=$(DEMO_STORE) && \
 	$$bin/converge apply -f manifests/examples/ && \
 	$$bin/converge reconcile --timeout 60s && \
-	$$bin/converge get -o wide
+	$$bin/converge get -o wide && \
+	echo "the stack keeps running; stop and forget it with: make demo-down"
 
-# Install everything, then lint and run the whole test suite (real processes, dockerd, terraform).
+# Deprovision the demo stack and forget it (the store folder stays; make clean removes it).
+demo-down:
+	@bin=$$(CONVERGE_SETUP=none CONVERGE_EXTRAS= .ci/bootstrap | tail -1) && \
+	CONVERGE_STORE=$(DEMO_STORE) $$bin/converge delete -f manifests/examples/ --ignore-not-found
+
+# Stop every service of the demo store, then remove the store, this checkout's virtualenv
+# and the tools' caches. The shared tool cache ($CONVERGE_CACHE/bin) stays.
+clean:
+	@venv=$$(.ci/bootstrap --print-venv); \
+	if [ -x "$$venv/bin/converge" ] && [ -d "$(DEMO_STORE)" ]; then \
+	  CONVERGE_STORE=$(DEMO_STORE) "$$venv/bin/converge" down --force -A -l '' --timeout 60s || exit 1; \
+	fi; \
+	rm -rf "$(DEMO_STORE)" "$$venv" .mypy_cache .pytest_cache .ruff_cache .hypothesis *.egg-info; \
+	find controller backends tests benchmarks -name __pycache__ -type d -prune -exec rm -rf {} +
+
+# Everything the tests need (extras, dockerd, terraform, the control plane), then lint,
+# type-check and run the whole suite. .ci/run (CI) calls exactly this.
 test:
-	@bin=$$(.ci/bootstrap | tail -1) && \
+	@bin=$$(CONVERGE_EXTRAS=test .ci/bootstrap | tail -1) && \
 	$$bin/ruff check controller backends tests benchmarks && \
 	.ci/typecheck $$bin && \
 	$$bin/pytest -q -ra tests
