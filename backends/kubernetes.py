@@ -61,8 +61,15 @@ T = TypeVar("T")
 ClientFactory = Callable[[], k8s.ApiClient]
 
 
+_UNSET_HOST = k8s.Configuration().host  # what the client's default configuration says until one is loaded
+
+
 def default_client() -> k8s.ApiClient:
-    """In a pod: its service account; elsewhere: the kubeconfig."""
+    """The configuration this process already loaded (the operator loads its --kubeconfig /
+    in-cluster config for kopf and the Lease), else in a pod its service account, else the
+    kubeconfig ($KUBECONFIG, ~/.kube/config; $CONVERGE_KUBE_CONTEXT picks a context)."""
+    if k8s.Configuration.get_default_copy().host != _UNSET_HOST:
+        return k8s.ApiClient()
     if os.environ.get("KUBERNETES_SERVICE_HOST") and not os.environ.get("KUBECONFIG"):
         k8s_config.load_incluster_config()
         return k8s.ApiClient()

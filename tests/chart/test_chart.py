@@ -122,8 +122,8 @@ def test_no_kubernetes_backend_no_workload_rights(render: Render) -> None:
     objs = render({"backends": {"enabled": ["daemon", "terraform"]}})
     assert rules_of(one(objs, "ClusterRole")) == MSVC
     args = container(objs)["args"]
-    assert [a for a in args if a.startswith("--enable-backend")] == [
-        "--enable-backend=daemon", "--enable-backend=terraform"]
+    assert [a for a in args if a.startswith(("--enable-backend", "--disable-backend"))] == [
+        "--enable-backend=daemon", "--enable-backend=terraform", "--disable-backend=kubernetes"]
 
 
 def test_secrets_only_by_name(render: Render) -> None:
@@ -221,7 +221,7 @@ def test_every_flag_the_chart_passes_is_one_of_converge_operator(render: Render)
     if p.returncode != 0:
         pytest.skip("no `converge operator` yet")
     objs = render({"watchNamespaces": ["a"], "leaderElection": {"enabled": True}, "replicaCount": 2,
-                   "backends": {"enabled": ["kubernetes", "daemon"]}})
+                   "backends": {"enabled": ["daemon"]}})
     flags = {a.split("=", 1)[0] for o in (objs, render()) for a in container(o)["args"]}
     assert flags, "no flags rendered"
     for flag in flags:
