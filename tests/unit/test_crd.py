@@ -162,3 +162,33 @@ def test_blank_pattern_is_what_str_strip_removes() -> None:
     said = {*range(0x09, 0x0E), *range(0x1C, 0x21), 0x85}
     said |= {c for c in range(sys.maxunicode + 1) if unicodedata.category(chr(c)) in ("Zs", "Zl", "Zp")}
     assert said == {c for c in range(sys.maxunicode + 1) if chr(c).isspace()}
+
+
+# Every field validator of the models, and what says it in the CRD, or the table case that
+# records the API server's gap (tests/cases/invalid_manifests.yaml, `apiServerAccepts`).
+FIELD_VALIDATORS = {
+    ("ContainerBackend", "_env"): "before: the {NAME: value} shorthand; the CRD takes the list form only",
+    ("DaemonBackend", "_env"): "before: the {NAME: value} shorthand; the CRD takes the list form only",
+    ("KubernetesBackend", "_env"): "before: the {NAME: value} shorthand; the CRD takes the list form only",
+    ("DaemonBackend", "_no_secret_in_argv"): "gap: daemon-secret-in-argv",
+    ("Endpoint", "_host"): "gap: endpoint-host-bad-ipv6",
+    ("Resources", "_memory"): "gap: container-memory-too-small",
+    ("KubernetesBackend", "_ports"): "x-kubernetes-list-type: set",
+    ("ManagedServiceSpec", "_deps"): "x-kubernetes-list-type: set",
+    ("TerraformBackend", "_variables"): "finite numbers: JSON, and so the API server, has no inf or NaN",
+}
+
+
+def test_every_field_validator_is_accounted_for() -> None:
+    """A new field validator must say how the API server checks the same (or record the gap)."""
+    from tests.helpers import api_server_gaps
+
+    found = {(name, fn) for name, m in inspect.getmembers(api, inspect.isclass)
+             if issubclass(m, Model) for fn in m.__pydantic_decorators__.field_validators}
+    assert found == set(FIELD_VALIDATORS)
+    gaps = api_server_gaps()
+    for how in FIELD_VALIDATORS.values():
+        if how.startswith("gap: "):
+            assert how.removeprefix("gap: ") in gaps, how
+    sets = {p for p, n in nodes(openapi_schema()) if n.get("x-kubernetes-list-type") == "set"}
+    assert {".spec.dependsOn", ".spec.backend.kubernetes.ports"} <= sets
