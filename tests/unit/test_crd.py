@@ -192,3 +192,23 @@ def test_every_field_validator_is_accounted_for() -> None:
             assert how.removeprefix("gap: ") in gaps, how
     sets = {p for p, n in nodes(openapi_schema()) if n.get("x-kubernetes-list-type") == "set"}
     assert {".spec.dependsOn", ".spec.backend.kubernetes.ports"} <= sets
+
+
+def test_cel_cost_is_bounded() -> None:
+    """The API server refuses a CRD whose CEL rules could cost without bound: every list or map
+    around a rule has a maximum size, and the strings a rule reads have a maximum length."""
+
+    def walk(node: dict[str, Any], path: str, bounded: bool) -> None:
+        if node.get("x-kubernetes-validations"):
+            assert bounded, f"{path}: a CEL rule inside an unbounded list or map"
+            strings = [node] if node.get("type") == "string" else [node.get("items", {})]
+            for s in strings:
+                assert s.get("type") != "string" or "maxLength" in s or "enum" in s, f"{path}: unbounded string"
+        for k, v in node.get("properties", {}).items():
+            walk(v, f"{path}.{k}", bounded)
+        if isinstance(node.get("items"), dict):
+            walk(node["items"], f"{path}[]", bounded and "maxItems" in node)
+        if isinstance(node.get("additionalProperties"), dict):
+            walk(node["additionalProperties"], f"{path}.*", bounded and "maxProperties" in node)
+
+    walk(openapi_schema(), "", True)
