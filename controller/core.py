@@ -46,6 +46,7 @@ class Observed:
     observation: Observation | None = None
     error: BackendError | None = None  # observe() raised
     health: ProbeResult | None = None  # probed only when running with a health check
+    health_fresh: bool = True  # False: a result an earlier pass already counted (probes are paced)
     deps_not_ready: tuple[str, ...] = ()
     dependents_running: tuple[str, ...] = ()  # dependents also going down, still running
     desired_hash: str = ""
@@ -311,7 +312,8 @@ def _running(svc: ManagedService, st: ManagedServiceStatus, observed: Observed, 
         st.lastError = f"not healthy {check.startupTimeoutSeconds:g}s after start: {health.message}"
         return _finish(st, now, gen, state=State.error, ready=False, reason="HealthCheckFailed",
                        message=st.lastError, progress=RECONCILING, requeue=check.periodSeconds)
-    st.healthFailures = min(st.healthFailures + 1, check.failureThreshold)
+    if observed.health_fresh or st.healthFailures == 0:  # a failure counts once, whatever wakes us
+        st.healthFailures = min(st.healthFailures + 1, check.failureThreshold)
     if st.healthFailures < check.failureThreshold:
         return _finish(st, now, gen, state=State.active, ready=True, reason="Healthy",
                        message=f"health check failed {st.healthFailures}x: {health.message}",

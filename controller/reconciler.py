@@ -10,7 +10,7 @@ status write, the backend calls, the health probe, the port allocation.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 from converge import core, ports
@@ -21,6 +21,7 @@ from converge.backends.errors import BackendError
 from converge.backends.health import probe
 from converge.conditions import is_ready
 from converge.host import Host, UnsafeHost
+from converge.probememo import Health, ProbeMemo
 from converge.registry import Backends
 from converge.store import Conflict, CorruptObject, NotFound, Store
 
@@ -50,9 +51,13 @@ class Probe:
     host: str
     port: int
     period: float
+    record: Callable[[ProbeResult], None] | None = field(default=None, compare=False)
 
     def run(self) -> ProbeResult:
-        return probe(self.check, self.protocol, self.host, self.port)
+        result = probe(self.check, self.protocol, self.host, self.port)
+        if self.record is not None:
+            self.record(result)  # the reconcile this may trigger uses it instead of probing again
+        return result
 
 
 class Reconciler:
@@ -61,6 +66,7 @@ class Reconciler:
         self.backends = backends
         self.host = host
         self.clock = clock
+        self.probes = ProbeMemo()
 
     # ------------------------------------------------------------------ one pass
 
@@ -68,6 +74,7 @@ class Reconciler:
         try:
             svc = self.store.get(key)
         except NotFound:
+            self.probes.forget(key)
             return Outcome(key, gone=True, settled=True)
         except CorruptObject as exc:
             return Outcome(key, settled=True, error=str(exc))
@@ -132,6 +139,7 @@ class Reconciler:
     def _finalize(self, svc: ManagedService, p: core.Plan) -> Outcome:
         """Deprovisioned and being deleted: drop the host's files, then our finalizer."""
         self.host.forget(svc.key)
+        self.probes.forget(svc.key)
         new = svc.model_copy(deep=True)
         new.metadata.finalizers = [f for f in new.metadata.finalizers if f != FINALIZER]
         try:
@@ -199,10 +207,11 @@ class Reconciler:
             deps = tuple(self._deps_not_ready(svc))
         if going_down and obs.phase in (Phase.running, Phase.suspended):
             dependents = tuple(self._dependents_running(svc))
-        return core.Observed(observation=obs, health=health, deps_not_ready=deps,
+        return core.Observed(observation=obs, health=None if health is None else health.result,
+                             health_fresh=health is None or health.fresh, deps_not_ready=deps,
                              dependents_running=dependents, desired_hash=desired)
 
-    def _probe(self, svc: ManagedService, obs: Observation) -> ProbeResult | None:
+    def _probe(self, svc: ManagedService, obs: Observation) -> Health | None:
         ep = svc.spec.endpoint
         if ep is None or ep.healthCheck is None or obs.phase != Phase.running or obs.ready is not None:
             return None  # obs.ready: the backend judged readiness itself
@@ -210,8 +219,11 @@ class Reconciler:
             return None
         port = svc.status.endpoint.port if svc.status.endpoint else None
         if port is None:
-            return ProbeResult(False, "no endpoint port allocated yet")
-        return probe(ep.healthCheck, ep.protocol, ep.host, port)
+            return Health(ProbeResult(False, "no endpoint port allocated yet"), fresh=True)
+        check, protocol, host = ep.healthCheck, ep.protocol, ep.host
+        return self.probes.health(svc.key, (svc.status.startedAt, port), check.periodSeconds,
+                                  svc.status.activeSince is not None,
+                                  lambda: probe(check, protocol, host, port))
 
     def _deps_not_ready(self, svc: ManagedService) -> list[str]:
         out = []
@@ -239,13 +251,14 @@ class Reconciler:
                 out.append(other.metadata.name)
         return out
 
-    @staticmethod
-    def _next_probe(svc: ManagedService, p: core.Plan) -> Probe | None:
+    def _next_probe(self, svc: ManagedService, p: core.Plan) -> Probe | None:
         ep = svc.spec.endpoint
         port = p.status.endpoint.port if p.status.endpoint is not None else None
         if p.probe_after is None or ep is None or ep.healthCheck is None or port is None:
             return None
-        return Probe(ep.healthCheck, ep.protocol, ep.host, port, p.probe_after)
+        key, run = svc.key, (p.status.startedAt, port)
+        return Probe(ep.healthCheck, ep.protocol, ep.host, port, p.probe_after,
+                     record=lambda result: self.probes.record(key, run, result))
 
     @staticmethod
     def _scrubbed(svc: ManagedService, p: core.Plan) -> core.Plan:

@@ -134,3 +134,33 @@ def test_run_follows_the_store(cli: CLI, tmp_path: Path, controller: list[subpro
     cli("apply", "-f", str(tmp_path / "s.yaml"))
     until(lambda: state(cli, "late") == "inactive", timeout=10, what="deprovisioned by run")
     until(lambda: gone(pid))
+
+
+def test_failure_threshold_is_paced_by_the_period(cli: CLI, tmp_path: Path,
+                                                  controller: list[subprocess.Popen[str]]) -> None:
+    """A realistic period: 3 failures 5 s apart, however often the service is woken (its own
+    status writes, the prober, the resync); not 3 probes in a row within a second."""
+    period = 5.0
+    gate = tmp_path / "health"
+    write(tmp_path / "s.yaml", http_service("paced", env={"HEALTH_FILE": str(gate)},
+                                            health={"periodSeconds": period, "failureThreshold": 3}))
+    cli("apply", "-f", str(tmp_path / "s.yaml"))
+    controller.append(cli.popen("run"))
+    until(lambda: ready(cli, "paced"), timeout=20, what="Ready")
+    gate.write_text("500")
+    t_gate = time.monotonic()
+    first_seen: dict[int, float] = {}  # healthFailures -> when first seen
+    while time.monotonic() - t_gate < 5 * period:
+        st = cli.obj("paced")["status"]
+        first_seen.setdefault(int(st.get("healthFailures", 0)), time.monotonic())
+        if st["state"] == "error":
+            first_seen.setdefault(-1, time.monotonic())
+            break
+        time.sleep(0.2)
+    assert -1 in first_seen, f"never reached error in {5 * period:g}s: {first_seen}"
+    assert 1 in first_seen and 2 in first_seen, first_seen
+    # The prober may run a probe up to 0.25 s early (batched wake-ups); polling adds ~0.3 s.
+    assert first_seen[2] - first_seen[1] >= period - 1.0, first_seen
+    assert first_seen[-1] - first_seen[1] >= 2 * period - 1.0, first_seen
+    assert first_seen[-1] - t_gate >= 2 * period - 1.0, first_seen
+    assert "health check failed 3 times" in cli.obj("paced")["status"]["lastError"]
