@@ -12,9 +12,9 @@ Two ways to drive it:
 from __future__ import annotations
 
 import logging
-import random
 import threading
 import time
+import zlib
 from collections.abc import Iterable
 
 from converge.api import ServiceKey
@@ -26,6 +26,15 @@ from converge.workqueue import WorkQueue
 log = logging.getLogger("converge")
 
 RESYNC_SECONDS = 60.0
+
+
+def resync_delay(key: ServiceKey, period: float, now: float) -> float:
+    """Seconds until key's next resync. Each key has its own fixed phase in the period (a
+    hash of the key), so N services resync evenly spread over it, N/period per second,
+    instead of in one burst every period; the next slot is at least half a period away."""
+    phase = (zlib.crc32(str(key).encode()) / 2**32) * period
+    delay = (phase - now) % period
+    return delay + period if delay < period / 2 else delay
 
 
 class Runtime:
@@ -78,7 +87,8 @@ class Runtime:
                     results[key] = o
                     if o.settled:
                         waiting.discard(key)
-                        mu.notify_all()
+                        if not waiting:  # the waiter only cares about the last one
+                            mu.notify_all()
                     else:
                         queue.add_after(key, o.requeue_after if o.requeue_after is not None else 0.5)
                 queue.done(key)
@@ -138,8 +148,8 @@ class Runtime:
                         known.discard(key)
                     else:
                         known.add(key)
-                        delay = self.resync if o.requeue_after is None else min(o.requeue_after, self.resync)
-                        queue.add_after(key, delay * (1 + 0.1 * random.random()) if delay >= 1 else delay)
+                        resync = resync_delay(key, self.resync, time.monotonic())
+                        queue.add_after(key, resync if o.requeue_after is None else min(o.requeue_after, resync))
                 except BaseException:
                     queue.add_after(key, 5.0)  # never lose the key: look again soon
                     raise
