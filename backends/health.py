@@ -6,10 +6,8 @@ failures and decides the state (converge.core), this module only looks.
 
 from __future__ import annotations
 
-import http.client
 import ipaddress
 import socket
-import ssl
 
 from converge.api import HealthCheck
 from converge.backends.base import ProbeResult
@@ -50,6 +48,9 @@ def probe_tcp(host: str, port: int, timeout: float) -> ProbeResult:
 def probe_http(tls: bool, host: str, port: int, path: str, status: int, timeout: float) -> ProbeResult:
     if not tls:
         return _probe_plain_http(host, port, path, status, timeout)
+    import http.client  # only HTTPS probes need them: ~10 ms of start-up for every command
+    import ssl
+
     url = f"https://{host}:{port}{path}"
     ctx = ssl.create_default_context()
     ctx.check_hostname = False

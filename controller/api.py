@@ -115,7 +115,9 @@ def seconds(default: float, ge: float, le: float, description: str | None = None
 class Model(BaseModel):
     """Base of every spec model: unknown fields are errors, names are camelCase."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=False)
+    # defer_build: a model's validator is built on first use, so a command that validates
+    # nothing (or only some models) does not pay for building all of them at import.
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=False, defer_build=True)
 
 
 def cel_rule(rule: str, message: str) -> dict[str, Any]:

@@ -614,6 +614,9 @@ def crds() -> None:
 
 
 def main(argv: Iterable[str] | None = None) -> None:
+    from converge.startup import skip_pydantic_plugins
+
+    skip_pydantic_plugins()  # before the first model is built (api models build on first use)
     cli(args=None if argv is None else list(argv), prog_name="converge")
 
 

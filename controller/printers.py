@@ -6,8 +6,6 @@ import json
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-import yaml
-
 from converge.api import ManagedService
 from converge.conditions import READY
 
@@ -79,6 +77,8 @@ def dump(items: Sequence[ManagedService], fmt: str, single: bool) -> str:
         "apiVersion": "v1", "kind": "List", "items": [i.dump() for i in items]}
     if fmt == "json":
         return json.dumps(data, indent=2)
+    import yaml  # imported when used: `get` and `get -o json` do not need it
+
     return yaml.safe_dump(data, sort_keys=False).rstrip()
 
 
@@ -123,6 +123,8 @@ def _table(rows: list[list[str]], indent: str = "  ") -> list[str]:
 
 
 def describe(s: ManagedService, now: datetime | None = None) -> str:
+    import yaml
+
     st, meta = s.status, s.metadata
     labels = "\n".join(f"{k}={v}" for k, v in sorted(meta.labels.items())) or "<none>"
     annotations = "\n".join(f"{k}: {v}" for k, v in sorted(meta.annotations.items())) or "<none>"
