@@ -2,7 +2,10 @@
 
 Layout under the root (default ./.converge, mode 0700; files 0600):
 
-    <namespace>/<name>.yaml          the object (metadata, spec, status)
+    <namespace>/<name>.yaml          the object (metadata, spec, status), written as
+                                     indented JSON: valid YAML, as readable, and parsed
+                                     by pydantic's own JSON parser (about 10x faster than
+                                     YAML); a file edited into other YAML is read too
     .lock                            held (flock) by every writer: read-check-write is atomic
 
 (The same root also holds the local host context, converge.host: `_runtime/` and
@@ -19,8 +22,8 @@ Hostile contents: nothing inside the root is followed if it is a link (namespace
 object files, `.lock`, temp files: O_NOFOLLOW and folder fds), a link or anything but a
 regular file where an object should be is a corrupt object reported by name, objects
 larger than the API's limit are not parsed, and folders that exist with wider modes are
-made 0700 again. Parsed objects are cached by (inode, mtime, size), so a steady-state pass reads no
-YAML at all; like an informer's cache, objects returned by get/list are shared: copy
+made 0700 again. Parsed objects are cached by (inode, mtime, size), so a steady-state pass
+parses nothing; like an informer's cache, objects returned by get/list are shared: copy
 (`model_copy(deep=True)`) before changing one.
 """
 
@@ -38,23 +41,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import ValidationError
 
 from converge.api import MAX_OBJECT_BYTES, ManagedService, ServiceKey
 from converge.fielderrors import format_validation_error
 from converge.selector import Selector
 from converge.store import AlreadyExists, Conflict, CorruptObject, Invalid, ListResult, NotFound, StoreError
-from converge.yamlsafe import YamlError, load_all
-
-try:  # the C loader/dumper are ~10x faster when libyaml is there
-    from yaml import CSafeDumper as _Dumper
-    from yaml import CSafeLoader as _Loader
-except ImportError:  # pragma: no cover
-    from yaml import SafeDumper as _Dumper  # type: ignore[assignment]
-    from yaml import SafeLoader as _Loader  # type: ignore[assignment]
 
 _Sig = tuple[int, int, int]
+RECENT_NS = 1_000_000_000  # see FileStore.watch
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _TMP_SUFFIX = ".tmp"
 
@@ -72,14 +67,53 @@ def _sig(st: os.stat_result) -> _Sig:
     return (st.st_ino, st.st_mtime_ns, st.st_size)
 
 
+def _parse(path: str, raw: bytes, key: ServiceKey) -> ManagedService:
+    """An object file's content: JSON as written (parsed and validated in one step by
+    pydantic; JSON has no anchors or tags), else YAML (a file someone edited): through
+    the bounded reader when it has anchors or tags (bombs, cycles), else the C loader."""
+    if raw.lstrip()[:1] == b"{":
+        try:
+            return ManagedService.model_validate_json(raw)
+        except ValidationError as exc:
+            if not any(e["type"] == "json_invalid" for e in exc.errors()):
+                raise CorruptObject(path, format_validation_error(exc, ManagedService), key) from None
+            # not JSON after all (a YAML flow mapping): read it as YAML
+    import yaml  # only for files that are not JSON
+
+    from converge.yamlsafe import YamlError, load_all
+
+    try:
+        from yaml import CSafeLoader as _Loader
+    except ImportError:  # pragma: no cover - libyaml missing
+        from yaml import SafeLoader as _Loader  # type: ignore[assignment]
+    data: Any = None
+    try:
+        text = raw.decode()
+        if b"&" in raw or b"!" in raw:  # anchors or tags: only the bounded reader (bombs, cycles)
+            docs = [d for _, d in load_all(text)]
+            data = docs[0] if len(docs) == 1 else docs
+        else:
+            data = yaml.load(text, Loader=_Loader)
+    except (yaml.YAMLError, YamlError, UnicodeDecodeError, RecursionError) as exc:
+        raise CorruptObject(path, f"not valid YAML: {' '.join(str(exc).split())[:300]}", key) from None
+    if not isinstance(data, dict):
+        raise CorruptObject(path, "not a mapping", key)
+    try:
+        return ManagedService.model_validate(data)
+    except ValidationError as exc:
+        raise CorruptObject(path, format_validation_error(exc, ManagedService), key) from None
+
+
 class FileStore:
     def __init__(self, root: Path | str | None = None) -> None:
         self.root = Path(root) if root is not None else default_root()
         self.writes = 0  # files written by this instance: steady state must add none
-        self._cache: dict[Path, tuple[_Sig, ManagedService]] = {}
+        self._cache: dict[ServiceKey, tuple[_Sig, ManagedService]] = {}
+        self._paths: dict[ServiceKey, str] = {}  # pathlib costs more than the rest of a cached get
         self._mu = threading.Lock()
         self._made: set[Path] = set()  # folders known to exist (created on first write)
         self._swept = False  # leftover temp files removed (by the first write)
+        self._own: dict[Path, _Sig | None] = {}  # object file -> this instance's last write (None: deleted)
 
     # ------------------------------------------------------------------ paths
 
@@ -125,62 +159,52 @@ class FileStore:
 
     # ------------------------------------------------------------------ reading
 
-    def _read(self, path: Path, key: ServiceKey | None = None) -> ManagedService:
+    def _read(self, key: ServiceKey, path: str) -> ManagedService:
+        """The object of `key` stored at `path` (a str: pathlib is most of a cached get);
+        parsed only when the file changed."""
         try:
-            st = path.lstat()
+            st = os.lstat(path)
         except FileNotFoundError:
-            raise NotFound(str(key or path)) from None
+            raise NotFound(str(key)) from None
         except OSError as exc:
-            raise CorruptObject(str(path), f"cannot read: {exc.strerror}", key) from None
+            raise CorruptObject(path, f"cannot read: {exc.strerror}", key) from None
         if not stat.S_ISREG(st.st_mode):  # a folder, a link, a fifo ... where an object should be
             what = "a link (never followed)" if stat.S_ISLNK(st.st_mode) else "not a regular file"
-            raise CorruptObject(str(path), what, key)
-        if path.parent.is_symlink():
-            raise CorruptObject(str(path), f"{path.parent} is a link (never followed)", key)
+            raise CorruptObject(path, what, key)
+        folder = os.path.dirname(path)  # noqa: PTH120 - str paths on the hot path
+        if os.path.islink(folder):  # noqa: PTH114
+            raise CorruptObject(path, f"{folder} is a link (never followed)", key)
         sig = _sig(st)
         with self._mu:
-            hit = self._cache.get(path)
+            hit = self._cache.get(key)
         if hit is not None and hit[0] == sig:
             return hit[1]
         if st.st_size > 2 * MAX_OBJECT_BYTES:
-            raise CorruptObject(str(path), f"{st.st_size} bytes, more than an object can be", key)
+            raise CorruptObject(path, f"{st.st_size} bytes, more than an object can be", key)
         try:
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         except FileNotFoundError:
-            raise NotFound(str(key or path)) from None
+            raise NotFound(str(key)) from None
         except OSError as exc:
-            raise CorruptObject(str(path), f"cannot read: {exc.strerror}", key) from None
+            raise CorruptObject(path, f"cannot read: {exc.strerror}", key) from None
         try:
             raw = os.read(fd, 2 * MAX_OBJECT_BYTES + 1)
         except OSError as exc:
-            raise CorruptObject(str(path), f"cannot read: {exc.strerror}", key) from None
+            raise CorruptObject(path, f"cannot read: {exc.strerror}", key) from None
         finally:
             os.close(fd)
-        data: Any = None
-        try:
-            text = raw.decode()
-            if b"&" in raw or b"!" in raw:  # anchors or tags: only the bounded reader (bombs, cycles)
-                docs = [d for _, d in load_all(text)]
-                data = docs[0] if len(docs) == 1 else docs
-            else:
-                data = yaml.load(text, Loader=_Loader)
-        except (yaml.YAMLError, YamlError, UnicodeDecodeError, RecursionError) as exc:
-            raise CorruptObject(str(path), f"not valid YAML: {' '.join(str(exc).split())[:300]}", key) from None
-        if not isinstance(data, dict):
-            raise CorruptObject(str(path), "not a mapping", key)
-        try:
-            obj = ManagedService.model_validate(data)
-        except ValidationError as exc:
-            raise CorruptObject(str(path), format_validation_error(exc, ManagedService), key) from None
-        expect = ServiceKey(path.parent.name, path.stem)
-        if obj.key != expect:
-            raise CorruptObject(str(path), f"holds {obj.key}, expected {expect}", key)
+        obj = _parse(path, raw, key)
+        if obj.key != key:
+            raise CorruptObject(path, f"holds {obj.key}, expected {key}", key)
         with self._mu:
-            self._cache[path] = (sig, obj)
+            self._cache[key] = (sig, obj)
         return obj
 
     def get(self, key: ServiceKey) -> ManagedService:
-        return self._read(self.path(key), key)
+        path = self._paths.get(key)
+        if path is None:
+            path = self._paths[key] = str(self.path(key))
+        return self._read(key, path)
 
     def list(self, namespace: str | None = None, selector: Selector | None = None) -> ListResult:
         out = ListResult()
@@ -200,7 +224,7 @@ class FileStore:
                     continue
                 key = ServiceKey(ns, e.name[:-5])
                 try:
-                    obj = self._read(Path(e.path), key)
+                    obj = self._read(key, e.path)
                 except NotFound:
                     continue
                 except CorruptObject as exc:
@@ -243,7 +267,7 @@ class FileStore:
     def _write(self, obj: ManagedService) -> ManagedService:
         path = self.path(obj.key)
         self._ensure_dir(path.parent)
-        data = yaml.dump(obj.dump(), Dumper=_Dumper, sort_keys=False, default_flow_style=False).encode()
+        data = (obj.model_dump_json(by_alias=True, exclude_none=True, indent=2) + "\n").encode()  # = dump()
         tmp = f".{path.name}.{uuid.uuid4().hex}{_TMP_SUFFIX}"  # unique: no name to plant a link at
         dfd = self._open_dir(path.parent)  # every step relative to the folder: no link followed
         try:
@@ -254,19 +278,21 @@ class FileStore:
                 while view:
                     view = view[os.write(fd, view):]
                 os.fsync(fd)
+                sig = _sig(os.fstat(fd))  # a rename keeps inode, mtime and size
             except BaseException:
                 os.close(fd)
                 os.unlink(tmp, dir_fd=dfd)
                 raise
             os.close(fd)
+            with self._mu:
+                self._own[path] = sig  # before the rename: the watch must never see it unannounced
             os.replace(tmp, path.name, src_dir_fd=dfd, dst_dir_fd=dfd)
             os.fsync(dfd)
-            st = os.stat(path.name, dir_fd=dfd, follow_symlinks=False)
         finally:
             os.close(dfd)
         self.writes += 1
         with self._mu:
-            self._cache[path] = (_sig(st), obj.model_copy(deep=True))
+            self._cache[obj.key] = (sig, obj.model_copy(deep=True))
         return obj
 
     def _current(self, key: ServiceKey) -> ManagedService | None:
@@ -354,30 +380,39 @@ class FileStore:
         path = self.path(key)
         dfd = self._open_dir(path.parent)
         try:
+            with self._mu:
+                self._own[path] = None  # before the unlink: the watch must never see it unannounced
             os.unlink(path.name, dir_fd=dfd)
         finally:
             os.close(dfd)
         with self._mu:
-            self._cache.pop(path, None)
+            self._cache.pop(key, None)
         self.writes += 1
 
     # ------------------------------------------------------------------ watch
 
-    def _scan(self, ns: str) -> dict[ServiceKey, _Sig]:
-        out: dict[ServiceKey, _Sig] = {}
+    def _scan(self, ns: str) -> dict[str, int]:
+        """Object file name -> inode, from the directory listing alone (no stat per file):
+        every write renames a new file into place, so a new inode is a changed object."""
         try:
-            for e in os.scandir(self.root / ns):
-                if e.name.endswith(".yaml") and not e.name.startswith("."):
-                    with contextlib.suppress(FileNotFoundError):
-                        out[ServiceKey(ns, e.name[:-5])] = _sig(e.stat())
+            with os.scandir(self.root / ns) as it:
+                return {e.name: e.inode() for e in it if e.name.endswith(".yaml") and not e.name.startswith(".")}
         except FileNotFoundError:
-            pass
-        return out
+            return {}
 
     def watch(self, stop: object, interval: float = 0.25) -> Iterator[ServiceKey]:
-        """Keys whose files changed. Every write renames a file into its namespace folder,
-        which changes the folder's mtime: each tick stats the folders and rescans only
-        those that changed, so an idle store costs a few stat calls per tick."""
+        """Keys whose objects others changed (created, updated, deleted).
+
+        Every write renames a file into its namespace folder, which changes the folder's
+        mtime: each tick stats the folders, and lists again only those that changed,
+        comparing inodes (no stat per file). A change this instance made itself (the
+        controller's own status writes) is not reported: the writer already knows, and
+        reporting it would cost one more reconcile per write. An idle store costs a few
+        stat calls per tick.
+
+        A folder's mtime is coarse (the kernel's clock tick): a second write in the same
+        tick as our look leaves it unchanged. So a folder changed less than RECENT_NS ago
+        is listed again on the next tick too, whatever its mtime says."""
         is_set = getattr(stop, "is_set", lambda: False)
         wait = getattr(stop, "wait", time.sleep)
 
@@ -387,24 +422,51 @@ class FileStore:
             except FileNotFoundError:
                 return None
 
+        def recent(sig: _Sig | None) -> bool:
+            return sig is not None and time.time_ns() - sig[1] < RECENT_NS
+
         root_sig = dir_sig(self.root)
+        root_recent = recent(root_sig)
         dirs = {ns: dir_sig(self.root / ns) for ns in self.namespaces()}
+        fresh = {ns for ns, sig in dirs.items() if recent(sig)}  # look again next tick
         files = {ns: self._scan(ns) for ns in dirs}
         while not is_set():
             wait(interval)
             now_root = dir_sig(self.root)
-            if now_root != root_sig:
-                root_sig = now_root
+            if now_root != root_sig or root_recent:
+                root_sig, root_recent = now_root, recent(now_root)
                 for ns in self.namespaces():
                     dirs.setdefault(ns, None)
             for ns, before in list(dirs.items()):
                 now = dir_sig(self.root / ns)
-                if now == before:
+                if now == before and ns not in fresh:
                     continue
                 dirs[ns] = now
+                if recent(now):
+                    fresh.add(ns)
+                else:
+                    fresh.discard(ns)
                 cur = self._scan(ns) if now is not None else {}
                 prev = files.get(ns, {})
                 files[ns] = cur
-                for key in cur.keys() | prev.keys():
-                    if cur.get(key) != prev.get(key):
-                        yield key
+                for name in sorted(n for n in cur.keys() | prev.keys() if cur.get(n) != prev.get(n)):
+                    if not self._own_change(self.root / ns / name, cur.get(name)):
+                        yield ServiceKey(ns, name[:-5])
+
+    def _own_change(self, path: Path, inode: int | None) -> bool:
+        """Whether the file is as this instance last left it (written or deleted)."""
+        with self._mu:
+            if path not in self._own:
+                return False
+            own = self._own[path]
+            if own is None or inode is None:
+                if own is None and inode is None:
+                    del self._own[path]  # our delete, seen: forget it
+                    return True
+                return False
+        if own[0] != inode:
+            return False
+        try:
+            return _sig(path.stat()) == own  # inode numbers are reused: compare mtime and size too
+        except FileNotFoundError:
+            return False

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import signal
@@ -10,12 +11,15 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from converge.api import ManagedService, ServiceKey
 from converge.filestore import FileStore
 from converge.host import Host
 from converge.selector import parse_selector
 from converge.store import AlreadyExists, Conflict, Invalid, NotFound
+
+KEY_GOOD = ServiceKey("default", "good")
 
 
 def make(name: str, **labels: str) -> ManagedService:
@@ -168,14 +172,34 @@ def test_corrupt_and_misplaced_files_are_reported_by_name(tmp_path: Path) -> Non
     d = tmp_path / "st" / "default"
     (d / "bad.yaml").write_text(": : :\n  - [")
     (d / "wrong.yaml").write_text((d / "good.yaml").read_text())
-    (d / "invalid.yaml").write_text((d / "good.yaml").read_text().replace("name: good", "name: invalid")
-                                    .replace("adminState: active", "adminState: sleeping"))
+    edited = yaml.safe_load((d / "good.yaml").read_text())  # edited by hand, saved as block YAML
+    edited["metadata"]["name"] = "invalid"
+    edited["spec"]["adminState"] = "sleeping"
+    (d / "invalid.yaml").write_text(yaml.safe_dump(edited))
+    (d / "invalid-json.yaml").write_text((d / "good.yaml").read_text().replace('"good"', '"invalid-json"')
+                                         .replace('"adminState": "active"', '"adminState": "sleeping"'))
     res = s.list()
     assert [o.metadata.name for o in res.items] == ["good"]
     errs = {Path(e.where).name: e.reason for e in res.errors}
     assert "not valid YAML" in errs["bad.yaml"]
     assert "expected default/wrong" in errs["wrong.yaml"]
     assert "spec.adminState" in errs["invalid.yaml"]
+    assert "spec.adminState" in errs["invalid-json.yaml"]
+
+
+def test_objects_are_written_as_json_that_is_yaml_and_hand_edited_yaml_is_read(tmp_path: Path) -> None:
+    s = FileStore(tmp_path / "st")
+    s.create(make("good"))
+    f = tmp_path / "st" / "default" / "good.yaml"
+    text = f.read_text()
+    assert text.startswith("{\n") and '\n  "metadata": {\n' in text  # indented: one field a line
+    assert json.loads(text) == yaml.safe_load(text) == s.get(KEY_GOOD).dump()
+    edited = yaml.safe_load(text)
+    edited["metadata"]["labels"] = {"edited": "by-hand"}
+    f.write_text(yaml.safe_dump(edited))  # block YAML, as an editor would leave it
+    assert FileStore(tmp_path / "st").get(KEY_GOOD).metadata.labels == {"edited": "by-hand"}
+    f.write_text("{metadata: {name: good}, spec: {backend: {daemon: {command: [x]}}}}\n")  # a YAML flow map
+    assert FileStore(tmp_path / "st").get(KEY_GOOD).spec.backend.kind == "daemon"
 
 
 def test_reading_creates_nothing_and_every_folder_is_private(tmp_path: Path) -> None:
@@ -189,3 +213,42 @@ def test_reading_creates_nothing_and_every_folder_is_private(tmp_path: Path) -> 
     for d in [root, *root.rglob("*")]:
         if d.is_dir():
             assert d.stat().st_mode & 0o077 == 0, d
+
+
+def test_watch_reports_others_changes_not_its_own_writes(tmp_path: Path) -> None:
+    mine, other = FileStore(tmp_path / "st"), FileStore(tmp_path / "st")  # e.g. `converge run` and `apply`
+    mine.create(make("own"))
+    other.create(make("theirs"))
+    stop = threading.Event()
+    seen: list[ServiceKey] = []
+    t = threading.Thread(target=lambda: seen.extend(mine.watch(stop, interval=0.02)), daemon=True)
+    t.start()
+
+    def settle(expect: int = 0) -> list[ServiceKey]:
+        """What was reported once `expect` keys were (or, for none, after many ticks)."""
+        deadline = time.monotonic() + 10
+        while len(seen) < expect and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.3)
+        got = sorted(seen)
+        seen.clear()
+        return got
+
+    other.create(make("sentinel"))
+    assert settle(1) == [ServiceKey("default", "sentinel")]  # the watch is running
+    own = mine.get(ServiceKey("default", "own")).model_copy(deep=True)
+    own.status.restarts = 1
+    mine.update_status(own)  # the controller's own status write
+    mine.create(make("mine-new"))
+    assert settle() == []
+    theirs = other.get(ServiceKey("default", "theirs")).model_copy(deep=True)
+    theirs.metadata.labels = {"changed": "yes"}
+    other.update(theirs)
+    other.create(make("new"))
+    assert settle(2) == [ServiceKey("default", "new"), ServiceKey("default", "theirs")]
+    other.delete(ServiceKey("default", "own"))
+    assert settle(1) == [ServiceKey("default", "own")]
+    mine.delete(ServiceKey("default", "theirs"))
+    assert settle() == []
+    stop.set()
+    t.join(2)
