@@ -15,9 +15,10 @@ import logging
 import threading
 import time
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from converge.api import ServiceKey
+from converge.concurrency import Gate, Limit
 from converge.prober import Prober
 from converge.reconciler import Outcome, Reconciler
 from converge.supervise import supervised
@@ -69,6 +70,32 @@ class Runtime:
         self._report(o)
         return o
 
+    def _start_workers(self, queue: WorkQueue[ServiceKey], handle: Callable[[ServiceKey], None],
+                       most: int, stopping: Callable[[], bool]) -> tuple[list[threading.Thread], Gate]:
+        """Up to `most` worker threads (converge.supervise: one that raises is started
+        again); how many may work at once follows what the work waits on
+        (converge.concurrency): one for work that only computes, more while it waits."""
+        limit = Limit(most)
+        gate = Gate(limit.value)
+
+        def work() -> None:
+            while gate.enter():
+                key = queue.get()
+                if key is None:
+                    gate.leave()
+                    return
+                try:
+                    handle(key)
+                finally:
+                    queue.done(key)
+                    gate.leave()
+                    gate.set_limit(limit.update(queue.ready))
+
+        threads = [supervised(f"reconcile-{i}", work, stopping) for i in range(most)]
+        for t in threads:
+            t.start()
+        return threads, gate
+
     # ------------------------------------------------------------------ one converging pass
 
     def converge(self, keys: Iterable[ServiceKey], timeout: float) -> dict[ServiceKey, Outcome]:
@@ -80,28 +107,27 @@ class Runtime:
         for k in sorted(waiting):
             queue.add(k)
 
-        def work() -> None:
-            while (key := queue.get()) is not None:
-                o = self._reconcile(key)
-                with mu:
-                    results[key] = o
-                    if o.settled:
-                        waiting.discard(key)
-                        if not waiting:  # the waiter only cares about the last one
-                            mu.notify_all()
-                    else:
-                        queue.add_after(key, o.requeue_after if o.requeue_after is not None else 0.5)
-                queue.done(key)
+        def handle(key: ServiceKey) -> None:
+            o = self._reconcile(key)
+            with mu:
+                results[key] = o
+                if o.settled:
+                    waiting.discard(key)
+                    if not waiting:  # the waiter only cares about the last one
+                        mu.notify_all()
+                else:
+                    queue.add_after(key, o.requeue_after if o.requeue_after is not None else 0.5)
 
-        threads = [threading.Thread(target=work, daemon=True, name=f"reconcile-{i}")
-                   for i in range(min(self.workers, max(1, len(waiting))))]
-        for t in threads:
-            t.start()
+        finished = threading.Event()
+        threads, gate = self._start_workers(queue, handle, min(self.workers, max(1, len(waiting))),
+                                            finished.is_set)
         deadline = time.monotonic() + timeout
         with mu:
             while waiting and time.monotonic() < deadline:
                 mu.wait(min(0.5, max(0.0, deadline - time.monotonic())))
+        finished.set()
         queue.close()
+        gate.close()
         for t in threads:
             t.join(timeout=60)
         return results
@@ -136,35 +162,33 @@ class Runtime:
 
         prober = Prober(queue.add)
 
-        def work() -> None:
-            while (key := queue.get()) is not None:
-                try:
-                    o = self._reconcile(key)
-                    if o.probe is not None:
-                        prober.track(key, o.probe)
-                    else:
-                        prober.untrack(key)
-                    if o.gone:
-                        known.discard(key)
-                    else:
-                        known.add(key)
-                        resync = resync_delay(key, self.resync, time.monotonic())
-                        queue.add_after(key, resync if o.requeue_after is None else min(o.requeue_after, resync))
-                except BaseException:
-                    queue.add_after(key, 5.0)  # never lose the key: look again soon
-                    raise
-                finally:
-                    queue.done(key)
+        def handle(key: ServiceKey) -> None:
+            try:
+                o = self._reconcile(key)
+                if o.probe is not None:
+                    prober.track(key, o.probe)
+                else:
+                    prober.untrack(key)
+                if o.gone:
+                    known.discard(key)
+                else:
+                    known.add(key)
+                    resync = resync_delay(key, self.resync, time.monotonic())
+                    queue.add_after(key, resync if o.requeue_after is None else min(o.requeue_after, resync))
+            except BaseException:
+                queue.add_after(key, 5.0)  # never lose the key: look again soon
+                raise
 
         relist()
-        threads = [supervised(n, f, stop.is_set) for f, n in ((watch_store, "store-watch"), (resync, "resync"))]
-        threads += [supervised(f"reconcile-{i}", work, stop.is_set) for i in range(self.workers)]
-        for t in threads:
+        helpers = [supervised(n, f, stop.is_set) for f, n in ((watch_store, "store-watch"), (resync, "resync"))]
+        for t in helpers:
             t.start()
-        log.info("controller running with %d workers; Ctrl-C to stop", self.workers)
+        workers, gate = self._start_workers(queue, handle, self.workers, stop.is_set)
+        log.info("controller running with up to %d workers; Ctrl-C to stop", self.workers)
         stop.wait()
         queue.close()
+        gate.close()
         prober.close()
-        for t in threads[2:]:
+        for t in workers:
             t.join(timeout=30)
         self.reconciler.backends.close()

@@ -76,6 +76,12 @@ class WorkQueue(Generic[K]):
         if when is not None:
             self.add_after(key, when - time.monotonic())
 
+    def ready(self) -> int:
+        """Keys due now and waiting for a worker (O(keys): call it now and then)."""
+        now = time.monotonic()
+        with self._cv:
+            return sum(1 for when in self._due.values() if when <= now)
+
     def pending(self) -> int:
         with self._cv:
             return len(self._due) + len(self._processing)
