@@ -67,6 +67,7 @@ class Reconciler:
         self.host = host
         self.clock = clock
         self.probes = ProbeMemo()
+        self._hashes: dict[ServiceKey, tuple[object, str]] = {}  # key -> (spec object, its hash)
 
     # ------------------------------------------------------------------ one pass
 
@@ -75,6 +76,7 @@ class Reconciler:
             svc = self.store.get(key)
         except NotFound:
             self.probes.forget(key)
+            self._hashes.pop(key, None)
             return Outcome(key, gone=True, settled=True)
         except CorruptObject as exc:
             return Outcome(key, settled=True, error=str(exc))
@@ -104,7 +106,7 @@ class Reconciler:
             except (Conflict, NotFound):
                 return Outcome(svc.key, requeue_after=0.0, state=svc.status.state.value)
         now = self.clock()
-        desired = core.spec_hash(svc)
+        desired = self._spec_hash(svc)
         try:
             backend = self.backends.get(svc.spec.backend.kind)
         except BackendError as exc:
@@ -154,6 +156,16 @@ class Reconciler:
         return Outcome(svc.key, settled=True, gone=True, state=State.inactive.value, message="deleted")
 
     # ------------------------------------------------------------------ parts
+
+    def _spec_hash(self, svc: ManagedService) -> str:
+        """core.spec_hash, once per stored spec: the store hands out the same (shared,
+        unchanged) object until the file changes, so a steady-state pass hashes nothing."""
+        hit = self._hashes.get(svc.key)
+        if hit is not None and hit[0] is svc.spec:
+            return hit[1]
+        h = core.spec_hash(svc)
+        self._hashes[svc.key] = (svc.spec, h)
+        return h
 
     def kill(self, key: ServiceKey) -> str:
         """Deprovision at once, skipping the grace period (delete --force): what a forced
