@@ -1,8 +1,7 @@
 """Scale of the reconcile core without backend cost: N services in a FileStore, a
 steady-state pass (nothing to change) — wall time and store writes (must be 0).
 
-    ~/.cache/converge/venv/bin/python benchmarks/bench_core_scale.py [--n 1000,10000]
-        [--workers 8]
+    $VENV/bin/python benchmarks/bench_core_scale.py [--n 1000,2000,5000,10000] [--workers 16]
 
 In-process, through the lead's Python API: converge.filestore.FileStore,
 converge.reconciler.Reconciler, converge.runtime.Runtime (the converging pass that
@@ -13,7 +12,10 @@ a dict. For each N:
   2. converge them once (provision + status writes; timed, not the figure of interest);
   3. steady state, warm: the same Reconciler/FileStore again converges every key;
   4. steady state, cold: a new FileStore on the same folder (as a fresh
-     `converge reconcile` process would: its parse cache is empty).
+     `converge reconcile` process would: its parse cache is empty);
+  5. the reference, in the same run: a serial loop calling Reconciler.reconcile(key) for
+     every key on the warm store, one thread, no work queue (what a pass costs without
+     the runtime around it).
 Writes are counted twice: FileStore.writes, and an independent check that no object
 file's (inode, mtime, size) changed. A write in a steady-state pass fails the script.
 """
@@ -166,13 +168,25 @@ def bench_n(n: int, args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
             raise BenchError(f"N={n} {mode}: steady-state pass acted on the backend: {actions}")
         res[mode] = {"pass_s": t_pass, "list_s": t_list, "per_service_ms": 1000 * t_pass / n,
                      "store_writes": writes, "files_changed": changed, "backend_calls": actions}
+    keys = [o.key for o in store.list().items]
+    before_writes = store.writes
+    t0 = time.perf_counter()
+    for key in keys:
+        if not runtime.reconciler.reconcile(key).settled:
+            raise BenchError(f"N={n} serial loop: {key} not settled")
+    t_serial = time.perf_counter() - t0
+    if store.writes != before_writes:
+        raise BenchError(f"N={n} serial loop wrote {store.writes - before_writes} times")
+    res["serial"] = {"pass_s": t_serial, "per_service_ms": 1000 * t_serial / n}
+    res["loadavg_1_5_15"] = [round(x, 2) for x in os.getloadavg()]
     return res
 
 
 def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--n", default="1000,10000", help="comma-separated service counts")
-    ap.add_argument("--workers", type=int, default=8, help="Runtime workers (converge reconcile's default)")
+    ap.add_argument("--n", default="1000,2000,5000,10000", help="comma-separated service counts")
+    ap.add_argument("--workers", type=int, default=16,
+                    help="most Runtime workers (converge reconcile's default; how many run follows the load)")
     ap.add_argument("--timeout", type=float, default=1800.0, help="timeout of one converging pass")
     args = ap.parse_args()
     args.ns = [int(x) for x in args.n.split(",") if x]
@@ -201,10 +215,11 @@ def main() -> None:
     runs = results["runs"]
     print("\nSteady-state reconcile pass over N services (no-op backend, FileStore), seconds")
     print_table(["N", "create N", "first pass", "warm pass", "warm ms/svc", "cold pass", "cold ms/svc",
-                 "writes"],
+                 "serial loop", "warm/serial", "writes", "load avg"],
                 [[r["n"], r["create_s"], r["first_pass_s"], r["warm"]["pass_s"], r["warm"]["per_service_ms"],
-                  r["cold"]["pass_s"], r["cold"]["per_service_ms"],
-                  r["warm"]["store_writes"] + r["cold"]["store_writes"]] for r in runs])
+                  r["cold"]["pass_s"], r["cold"]["per_service_ms"], r["serial"]["pass_s"],
+                  f"{r['warm']['pass_s'] / r['serial']['pass_s']:.2f}",
+                  r["warm"]["store_writes"] + r["cold"]["store_writes"], r["loadavg_1_5_15"][0]] for r in runs])
     if len(runs) > 1:
         a, b = runs[0], runs[-1]
         f = b["n"] / a["n"]

@@ -230,7 +230,7 @@ def bench_supervisord(ctx: Ctx, n: int, sup_bin: Path) -> dict[str, Any]:
         res.update(kill_loop(ctx, ports, check=alive))
         if n == ctx.args.idle_n:
             time.sleep(ctx.args.idle_warmup)
-            res["idle"] = sample_idle(proc.pid, ctx.args.idle_seconds)
+            res["idle"] = sample_idle(proc.pid, ctx.args.idle_seconds, ctx.args.idle_window)
             alive()
         return res
     finally:
@@ -375,7 +375,7 @@ def bench_converge_run(ctx: Ctx, n: int) -> dict[str, Any]:
         res.update(kill_loop(ctx, ports, check=alive, diagnose=diagnose, ready=ready))
         if n == ctx.args.idle_n:
             time.sleep(ctx.args.idle_warmup)
-            res["idle"] = sample_idle(proc.pid, ctx.args.idle_seconds)
+            res["idle"] = sample_idle(proc.pid, ctx.args.idle_seconds, ctx.args.idle_window)
             alive()
         n_ready, not_ready = converge_ready(env, n)
         res["ready_at_end"] = n_ready
@@ -399,7 +399,9 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--settle", type=float, default=None,
                     help="seconds between kills (default: --reset-after + 0.5, so that converge's "
                     "restart backoff has been reset and each kill measures a first restart)")
-    ap.add_argument("--idle-seconds", type=float, default=30.0)
+    ap.add_argument("--idle-seconds", type=float, default=180.0,
+                    help="idle sample length: at least 3 resync periods, so a periodic spike cannot hide")
+    ap.add_argument("--idle-window", type=float, default=5.0, help="CPU is also reported per window")
     ap.add_argument("--idle-warmup", type=float, default=5.0, help="seconds before the idle sample")
     ap.add_argument("--idle-n", type=int, default=None, help="N at which idle is sampled (default: max N)")
     ap.add_argument("--only", default=",".join(TOOLS), help=f"subset of {','.join(TOOLS)}")
@@ -492,8 +494,10 @@ def report(results: dict[str, Any]) -> None:
             if "idle" in r]
     if idle:
         print(f"\nController at idle over {results['params']['idle_seconds']:.0f}s")
-        print_table(["N", "tool", "CPU % of a core", "RSS MB", "threads"],
-                    [[n, t, i["cpu_percent"], i["rss_mb"], i["threads"]] for n, t, i in idle])
+        print_table(["N", "tool", "CPU % of a core", f"max {results['params']['idle_window']:g}s window %",
+                     "RSS MB", "threads", "load avg"],
+                    [[n, t, i["cpu_percent"], i["max_window_cpu_percent"], i["rss_mb"], i["threads"],
+                      i["loadavg_1_5_15"][0]] for n, t, i in idle])
     slow = [(n, LABELS[t], x) for n, runs in results["runs"].items() for t, r in runs.items()
             for x in r.get("slow_restarts", [])]
     for n, t, x in slow:

@@ -221,17 +221,26 @@ def kill9(pid: int) -> None:
 # --------------------------------------------------------------------------- CPU / RSS
 
 
-def sample_idle(pid: int, seconds: float) -> dict[str, float]:
-    """CPU use (percent of one core, user+system) and RSS of one process over `seconds`."""
+def sample_idle(pid: int, seconds: float, window: float = 5.0) -> dict[str, float | list[float]]:
+    """CPU use (percent of one core, user+system) and RSS of one process over `seconds`,
+    overall and per `window` seconds (the largest window shows a periodic spike that the
+    average hides)."""
     try:
         proc = psutil.Process(pid)
         c0 = proc.cpu_times()
         t0 = time.monotonic()
         max_rss = proc.memory_info().rss
         end = t0 + seconds
+        windows: list[float] = []
+        w_cpu, w_t = c0.user + c0.system, t0
         while time.monotonic() < end:
             time.sleep(min(1.0, max(0.0, end - time.monotonic())))
             max_rss = max(max_rss, proc.memory_info().rss)
+            now = time.monotonic()
+            if now - w_t >= window or now >= end:
+                c = proc.cpu_times()
+                windows.append(100.0 * (c.user + c.system - w_cpu) / (now - w_t))
+                w_cpu, w_t = c.user + c.system, now
         c1 = proc.cpu_times()
         wall = time.monotonic() - t0
         rss = proc.memory_info().rss
@@ -243,9 +252,13 @@ def sample_idle(pid: int, seconds: float) -> dict[str, float]:
         "seconds": wall,
         "cpu_seconds": busy,
         "cpu_percent": 100.0 * busy / wall,
+        "window_seconds": window,
+        "max_window_cpu_percent": max(windows) if windows else 0.0,
+        "window_cpu_percent": [round(w, 3) for w in windows],
         "rss_mb": rss / 2**20,
         "max_rss_mb": max_rss / 2**20,
         "threads": threads,
+        "loadavg_1_5_15": [round(x, 2) for x in os.getloadavg()],
     }
 
 
@@ -354,9 +367,8 @@ def fail_loudly(name: str) -> Iterator[None]:
 
 
 def venv_bin() -> Path:
-    """bin/ of the project venv (bash .ci/bootstrap), or of the running interpreter."""
-    cand = CACHE / "venv" / "bin"
-    return cand if (cand / "converge").exists() else Path(sys.executable).parent
+    """bin/ of the running interpreter: the checkout's venv (`.ci/bootstrap` prints it)."""
+    return Path(sys.executable).parent
 
 
 def converge_bin() -> Path:

@@ -1,0 +1,148 @@
+"""CLI latency: `converge` commands next to `kubectl version --client` and the venv's bare
+Python, measured in one run, interleaved (one round runs every command once, so load on
+the shared machine hits all of them alike).
+
+    $VENV/bin/python benchmarks/bench_cli.py [--rounds 20] [--big 10000] [--small 200]
+
+Cases (each a fresh process, stdout/stderr to a pipe):
+  python -c pass                     the floor of any Python CLI in this venv
+  kubectl version --client           the reference (a Go binary), skipped if absent
+  converge get                       empty store
+  converge get                       --small services stored
+  converge get NAME -o json          --small services stored
+  converge get                       --big services stored (table of all)
+  converge apply --dry-run -f ONE    one manifest, --big services stored
+Reports median / min / p95 wall seconds and the median as a multiple of `python -c pass`
+(and of kubectl). Stores are filled in-process through converge.filestore.FileStore.
+The commands run with bytecode caching on (PYTHONDONTWRITEBYTECODE removed), as for an
+installed converge; one warm-up run of each case first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from common import BenchError, fail_loudly, print_table, summarize, write_results
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from converge.api import ManagedService
+from converge.filestore import FileStore
+
+MANIFEST = """apiVersion: converge.dev/v1alpha1
+kind: ManagedService
+metadata: {name: svc-00007, labels: {bench: cli}}
+spec:
+  backend: {daemon: {command: [python, -m, http.server, "$(PORT)"]}}
+  endpoint: {port: 18080, allocatePort: true, healthCheck: {http: {path: /}}}
+"""
+
+
+def fill(root: Path, n: int) -> None:
+    store = FileStore(root)
+    for i in range(n):
+        store.create(ManagedService.model_validate({
+            "metadata": {"name": f"svc-{i:05d}", "labels": {"bench": "cli", "shard": str(i % 10)}},
+            "spec": {"backend": {"daemon": {"command": ["python", "-m", "http.server", "$(PORT)"]}},
+                     "endpoint": {"port": 18080, "allocatePort": True,
+                                  "healthCheck": {"http": {"path": "/"}}}},
+        }))
+
+
+def time_once(argv: list[str], env: dict[str, str], cwd: Path) -> float:
+    t0 = time.perf_counter()
+    out = subprocess.run(argv, env=env, cwd=cwd, capture_output=True, timeout=300, check=False)
+    dt = time.perf_counter() - t0
+    if out.returncode != 0:
+        raise BenchError(f"`{' '.join(argv)}` exited {out.returncode}: {out.stderr.decode()[-2000:]}")
+    return dt
+
+
+def parse_args() -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=20, help="runs of every case (interleaved)")
+    ap.add_argument("--rounds-big", type=int, default=5, help="runs of the --big cases")
+    ap.add_argument("--small", type=int, default=200)
+    ap.add_argument("--big", type=int, default=10000)
+    return ap.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    venv = Path(sys.executable).parent
+    converge = venv / "converge"
+    kubectl = shutil.which("kubectl")
+    scratch = Path(tempfile.mkdtemp(prefix="bench-cli-"))
+    results: dict[str, Any] = {"params": vars(args), "cases": []}
+    with fail_loudly("bench_cli"):
+        try:
+            if not converge.exists():
+                raise BenchError(f"{converge} not found: run .ci/bootstrap and use its python")
+            (scratch / "one.yaml").write_text(MANIFEST)
+            stores = {"empty": scratch / "empty", "small": scratch / "small", "big": scratch / "big"}
+            print(f"filling stores ({args.small} and {args.big} services) ...", file=sys.stderr, flush=True)
+            fill(stores["small"], args.small)
+            fill(stores["big"], args.big)
+            env = {**os.environ}
+            env.pop("CONVERGE_STORE", None)
+            # As installed for a user: bytecode cached. (PYTHONDONTWRITEBYTECODE, set on some CI
+            # machines, would recompile converge's own modules from source on every command.)
+            env.pop("PYTHONDONTWRITEBYTECODE", None)
+
+            def cv(store: str, *a: str) -> list[str]:
+                return [str(converge), "--store", str(stores[store]), *a]
+
+            cases: list[tuple[str, list[str], int]] = [
+                ("python -c pass", [str(venv / "python"), "-c", "pass"], args.rounds),
+            ]
+            if kubectl:
+                cases.append(("kubectl version --client", [kubectl, "version", "--client"], args.rounds))
+            cases += [
+                ("converge get (empty store)", cv("empty", "get"), args.rounds),
+                (f"converge get ({args.small} services)", cv("small", "get"), args.rounds),
+                (f"converge get NAME -o json ({args.small} services)",
+                 cv("small", "get", "svc-00007", "-o", "json"), args.rounds),
+                (f"converge get ({args.big} services)", cv("big", "get"), args.rounds_big),
+                (f"converge apply --dry-run -f one.yaml ({args.big} services)",
+                 cv("big", "apply", "--dry-run", "-f", str(scratch / "one.yaml")), args.rounds_big),
+            ]
+            for _, argv, _ in cases:  # warm the page cache and .pyc files
+                time_once(argv, env, scratch)
+            samples: dict[str, list[float]] = {name: [] for name, _, _ in cases}
+            load_before = os.getloadavg()
+            for r in range(max(c[2] for c in cases)):
+                for name, argv, rounds in cases:
+                    if r < rounds:
+                        samples[name].append(time_once(argv, env, scratch))
+            load_after = os.getloadavg()
+        finally:
+            with contextlib.suppress(OSError):
+                shutil.rmtree(scratch)
+        base = summarize(samples["python -c pass"])["median"]
+        kube = summarize(samples["kubectl version --client"])["median"] if kubectl else None
+        for name, argv, _ in cases:
+            s = summarize(samples[name])
+            results["cases"].append({"case": name, "argv": argv[:1] + argv[3:] if "converge" in name else argv,
+                                     **s, "x_python": s["median"] / base,
+                                     "x_kubectl": s["median"] / kube if kube else None, "samples": samples[name]})
+        results["loadavg_before"] = [round(x, 2) for x in load_before]
+        results["loadavg_after"] = [round(x, 2) for x in load_after]
+        path = write_results("bench_cli", results)
+    print(f"\nCLI latency, wall seconds (load average {load_before[0]:.2f} before, {load_after[0]:.2f} after)")
+    print_table(["case", "n", "median", "min", "p95", "x python", "x kubectl"],
+                [[c["case"], c["n"], c["median"], c["min"], c["p95"], f"{c['x_python']:.1f}",
+                  "-" if c["x_kubectl"] is None else f"{c['x_kubectl']:.1f}"] for c in results["cases"]])
+    print(f"\nJSON: {path}")
+
+
+if __name__ == "__main__":
+    main()
