@@ -32,10 +32,10 @@ from converge.conditions import READY
 from converge.filestore import FileStore, default_root
 from converge.host import Host, default_state_dir
 from converge.reconciler import Outcome, Reconciler
-from converge.registry import Backends, available_kinds
+from converge.registry import Backends, KnownKinds
 from converge.runtime import Runtime
 from converge.selector import Selector, parse_selector
-from converge.store import AlreadyExists, Conflict, NotFound, Store
+from converge.store import AlreadyExists, Conflict, NotFound, Store, StoreError
 from converge.waiting import WaitFor, parse_wait_for
 
 APPLY_RETRIES = 20
@@ -123,12 +123,15 @@ class Client:
              namespace: str | None = None) -> list[ManagedService]:
         """Read and validate manifests (files, folders, "-"); raises manifest.ManifestError.
         `namespace` replaces the manifests' namespaces before any check."""
-        return manifest.load(sources, available_kinds(), existing, namespace)
+        return manifest.load(sources, KnownKinds(), existing, namespace)
 
     def load_for_apply(self, *sources: str, namespace: str | None = None) -> list[ManagedService]:
-        """Like load, with the stored services taking part in the dependsOn cycle check,
-        and the backends' apply-time checks (e.g. a container endpoint without a port)."""
-        objs = self.load(*sources, existing=self.store.list().items, namespace=namespace)
+        """Like load, with the stored services taking part in the dependsOn cycle check
+        (those the new objects reach, read one by one: not the whole store), and the
+        backends' apply-time checks (e.g. a container endpoint without a port)."""
+        from converge import manifest
+
+        objs = manifest.load(sources, KnownKinds(), namespace=namespace, stored_deps=self._stored_deps)
         problems = []
         for o in objs:
             try:
@@ -141,6 +144,12 @@ class Client:
         if problems:
             raise manifest.ManifestError(problems)
         return objs
+
+    def _stored_deps(self, namespace: str, name: str) -> builtins.list[str] | None:
+        try:
+            return builtins.list(self.store.get(ServiceKey(namespace, name)).spec.dependsOn)
+        except StoreError:
+            return None
 
     # ------------------------------------------------------------------ desired state
 

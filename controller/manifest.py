@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -178,7 +178,7 @@ def encoded(obj: ManagedService) -> bytes:
     return json.dumps(obj.dump(), ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
 
 
-def parse(doc: Document, known_backends: Iterable[str] | None = None,
+def parse(doc: Document, known_backends: Collection[str] | None = None,
           namespace: str | None = None) -> ManagedService:
     """The object a document describes, checked as it will be written: `namespace`
     (e.g. the -n flag) replaces the manifest's, paths are made absolute, and then the
@@ -198,7 +198,7 @@ def parse(doc: Document, known_backends: Iterable[str] | None = None,
         if namespace is not None:
             clean["metadata"]["namespace"] = namespace
     obj = _validate(where, clean)
-    if known_backends is not None and obj.spec.backend.kind not in set(known_backends):
+    if known_backends is not None and obj.spec.backend.kind not in known_backends:
         raise ManifestError([f"{where}: spec.backend: unknown backend {obj.spec.backend.kind!r} "
                              f"(known: {', '.join(sorted(known_backends))})"])
     problems = resolve_paths(obj, doc.base_dir)
@@ -214,12 +214,16 @@ def parse(doc: Document, known_backends: Iterable[str] | None = None,
     return final
 
 
-def load(sources: Iterable[str], known_backends: Iterable[str] | None = None,
-         existing: Iterable[ManagedService] = (), namespace: str | None = None) -> list[ManagedService]:
+def load(sources: Iterable[str], known_backends: Collection[str] | None = None,
+         existing: Iterable[ManagedService] = (), namespace: str | None = None,
+         stored_deps: Callable[[str, str], list[str] | None] | None = None) -> list[ManagedService]:
     """Read and validate every object; raise ManifestError with all problems found.
 
     `namespace` replaces every object's namespace before any check; `existing` (the
-    store's objects) takes part in the dependsOn cycle check of the final objects.
+    store's objects) takes part in the dependsOn cycle check of the final objects. Or,
+    instead of all of them, `stored_deps(namespace, name)` (a stored service's dependsOn,
+    None if there is none): only the services the new objects reach through dependsOn
+    are looked up, since a new cycle must pass through a new object.
     """
     if namespace is not None:
         try:
@@ -244,9 +248,19 @@ def load(sources: Iterable[str], known_backends: Iterable[str] | None = None,
     graphs: dict[str, dict[str, list[str]]] = {}
     for o in list(existing) + objs:  # applied objects override stored ones
         graphs.setdefault(o.metadata.namespace, {})[o.metadata.name] = o.spec.dependsOn
+    if stored_deps is not None:
+        todo = [(o.metadata.namespace, d) for o in objs for d in o.spec.dependsOn]
+        while todo:
+            ns, name = todo.pop()
+            graph = graphs.setdefault(ns, {})
+            if name not in graph:
+                graph[name] = stored_deps(ns, name) or []
+                todo += [(ns, d) for d in graph[name]]
     for ns, graph in sorted(graphs.items()):
         cycle = find_cycle(graph)
-        if cycle:
+        if cycle:  # told from a new object's point of view: the error names its file
+            i = next((i for i, n in enumerate(cycle[:-1]) if (ns, n) in where), 0)
+            cycle = cycle[i:-1] + cycle[:i] + [cycle[i]]
             first = where.get((ns, cycle[0]), f"{KIND} {ns}/{cycle[0]}")
             problems.append(f"{first}: spec.dependsOn: dependency cycle: {' -> '.join(cycle)}")
     if problems:

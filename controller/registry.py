@@ -7,16 +7,35 @@ python-terraform) only affects the services of that kind, with a clear message.
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from importlib.metadata import entry_points
 
 from converge.backends.base import Backend, Notify
 from converge.backends.errors import BackendUnavailable, PermanentError
 
 GROUP = "converge.backends"
+# The kinds converge's own pyproject.toml registers in GROUP (a test keeps them equal):
+# known without reading every installed distribution's metadata.
+BUILTIN_KINDS = frozenset({"container", "daemon", "kubernetes", "terraform"})
 
 
 def available_kinds() -> list[str]:
     return sorted(ep.name for ep in entry_points(group=GROUP))
+
+
+class KnownKinds:
+    """The backend kinds a manifest may name. Checking one of converge's own kinds costs
+    nothing; only another kind (a plug-in) or listing them scans the entry points, which
+    reads the metadata of every installed distribution (most of `apply`'s start-up)."""
+
+    def __contains__(self, kind: object) -> bool:
+        return kind in BUILTIN_KINDS or kind in available_kinds()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(available_kinds())
+
+    def __len__(self) -> int:
+        return len(available_kinds())
 
 
 class Backends:

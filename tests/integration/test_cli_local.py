@@ -70,6 +70,22 @@ def test_invalid_manifests_are_rejected_and_nothing_is_written(cli: CLI, tmp_pat
     assert cli("get", "-o", "name").stdout == ""
 
 
+def test_a_cycle_through_stored_services_is_refused(cli: CLI, tmp_path: Path) -> None:
+    write(tmp_path / "ab.yaml", daemon("a", ["x"], depends=["b"]), daemon("b", ["x"], depends=["c"]),
+          daemon("other", ["x"], depends=["zz"]))
+    cli("apply", "-f", str(tmp_path / "ab.yaml"))
+    write(tmp_path / "c.yaml", daemon("c", ["x"], depends=["a"]))
+    p = cli("apply", "-f", str(tmp_path / "c.yaml"), check=False)
+    assert p.returncode == 1 and "dependency cycle: c -> a -> b -> c" in p.stderr, p.stderr
+    assert "c" not in cli("get", "-o", "name").stdout.split("managedservice/")
+    write(tmp_path / "c.yaml", daemon("c", ["x"], depends=["other"]))  # no cycle: fine
+    assert "created" in cli("apply", "-f", str(tmp_path / "c.yaml")).stdout
+    write(tmp_path / "b.yaml", daemon("b", ["x"]))  # b no longer reaches c: a cycle needs a new edge
+    assert "configured" in cli("apply", "-f", str(tmp_path / "b.yaml")).stdout
+    write(tmp_path / "c.yaml", daemon("c", ["x"], depends=["a"]))
+    assert "configured" in cli("apply", "-f", str(tmp_path / "c.yaml")).stdout
+
+
 def test_multi_document_stdin_and_dry_run(cli: CLI) -> None:
     text = yaml.safe_dump_all([http_service("one"), http_service("two")])
     assert "(dry run)" in cli("apply", "-f", "-", "--dry-run", input=text).stdout
