@@ -7,8 +7,10 @@ are slower than one; with Terraform or Docker, one thread would leave the machin
 
 So the number of workers allowed to run follows the process's measured CPU use, like a
 thread pool sized by Little's law: while the process keeps about a core busy, more
-threads cannot help (shrink); while keys are queued and the process mostly waits,
-they can (grow, doubling). `Limit` is the pure decision; `Gate` applies it to threads.
+threads cannot help (halve); while keys are queued and the process mostly waits, they
+can (double). It starts wide, so a burst of waiting work (starting 200 daemons) never
+waits for a ramp-up, and narrows within a second when the work only computes.
+`Limit` is the pure decision; `Gate` applies it to threads.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ class Limit:
     def __init__(self, most: int, clock: Callable[[], float] = time.monotonic,
                  cpu: Callable[[], float] = time.process_time) -> None:
         self.most = max(1, most)
-        self.value = 1
+        self.value = self.most
         self._clock, self._cpu = clock, cpu
         self._t, self._c = clock(), cpu()
         self._mu = threading.Lock()
@@ -40,7 +42,7 @@ class Limit:
             used = (self._cpu() - self._c) / (now - self._t)
             self._t, self._c = now, self._cpu()
             if used >= BUSY and self.value > 1:
-                self.value -= 1
+                self.value //= 2
             elif used < IDLE and self.value < self.most and backlog() > 0:
                 self.value = min(self.most, self.value * 2)
             return self.value

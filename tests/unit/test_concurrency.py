@@ -18,24 +18,24 @@ class Clocks:
         self.cpu += wall * cpu_share
 
 
-def test_waiting_work_with_a_backlog_grows_the_limit_cpu_bound_work_shrinks_it() -> None:
+def test_the_limit_halves_while_the_work_only_computes_and_doubles_while_it_waits() -> None:
     c = Clocks()
     limit = Limit(16, clock=lambda: c.wall, cpu=lambda: c.cpu)
-    assert limit.value == 1
+    assert limit.value == 16  # wide from the start: a burst of waiting work needs no ramp-up
+    for want in (8, 4, 2, 1, 1):  # a backend answering from memory: a core busy, threads only contend
+        c.spend(1.01 * INTERVAL, 0.99)
+        assert limit.update(lambda: 100) == want
     for want in (2, 4, 8, 16, 16):  # e.g. Terraform or Docker calls: the process mostly waits
         c.spend(1.01 * INTERVAL, 0.1)
         assert limit.update(lambda: 100) == want
     c.spend(INTERVAL / 2, 0.99)
     assert limit.update(lambda: 100) == 16  # decides at most once an interval
-    for want in (15, 14, 13):  # a backend answering from memory: a core busy, threads only contend
-        c.spend(1.01 * INTERVAL, 0.99)
-        assert limit.update(lambda: 100) == want
+    c.spend(1.01 * INTERVAL, 0.7)
+    assert limit.update(lambda: 100) == 16  # between the two thresholds: keep
+    c.spend(1.01 * INTERVAL, 0.99)
+    assert limit.update(lambda: 100) == 8
     c.spend(1.01 * INTERVAL, 0.1)
-    assert limit.update(lambda: 0) == 13  # waiting but nothing queued: no reason to grow
-    for _ in range(30):
-        c.spend(1.01 * INTERVAL, 1.0)
-        limit.update(lambda: 100)
-    assert limit.value == 1
+    assert limit.update(lambda: 0) == 8  # waiting but nothing queued: no reason to grow
 
 
 def test_gate_admits_up_to_the_limit_and_closes() -> None:
