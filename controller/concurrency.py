@@ -8,8 +8,8 @@ are slower than one; with Terraform or Docker, one thread would leave the machin
 So the number of workers allowed to run follows the process's measured CPU use, like a
 thread pool sized by Little's law: while the process keeps about a core busy, more
 threads cannot help (halve); while keys are queued and the process mostly waits, they
-can (double). It starts wide, so a burst of waiting work (starting 200 daemons) never
-waits for a ramp-up, and narrows within a second when the work only computes.
+can (double). It starts at a few (START), so either way the right width is reached
+within a few tenths of a second.
 `Limit` is the pure decision; `Gate` applies it to threads.
 """
 
@@ -21,14 +21,15 @@ from collections.abc import Callable
 
 BUSY = 0.85  # of one core: GIL-bound, fewer threads
 IDLE = 0.6  # of one core, with work queued: waiting on something, more threads
-INTERVAL = 0.2  # seconds between decisions
+INTERVAL = 0.1  # seconds between decisions
+START = 4  # workers allowed before the first decision
 
 
 class Limit:
     def __init__(self, most: int, clock: Callable[[], float] = time.monotonic,
                  cpu: Callable[[], float] = time.process_time) -> None:
         self.most = max(1, most)
-        self.value = self.most
+        self.value = min(START, self.most)
         self._clock, self._cpu = clock, cpu
         self._t, self._c = clock(), cpu()
         self._mu = threading.Lock()

@@ -21,8 +21,8 @@ class Clocks:
 def test_the_limit_halves_while_the_work_only_computes_and_doubles_while_it_waits() -> None:
     c = Clocks()
     limit = Limit(16, clock=lambda: c.wall, cpu=lambda: c.cpu)
-    assert limit.value == 16  # wide from the start: a burst of waiting work needs no ramp-up
-    for want in (8, 4, 2, 1, 1):  # a backend answering from memory: a core busy, threads only contend
+    assert limit.value == 4  # a few: the right width is reached in a few decisions either way
+    for want in (2, 1, 1):  # a backend answering from memory: a core busy, threads only contend
         c.spend(1.01 * INTERVAL, 0.99)
         assert limit.update(lambda: 100) == want
     for want in (2, 4, 8, 16, 16):  # e.g. Terraform or Docker calls: the process mostly waits
