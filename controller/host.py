@@ -42,6 +42,9 @@ class Host:
     def __init__(self, root: Path | str) -> None:
         self.root = Path(root)
         self._made: set[Path] = set()  # folders known to exist
+        # Per key, made once: pathlib costs more than the rest of a steady-state pass.
+        self._dirs: dict[ServiceKey, Path] = {}
+        self._locks: dict[ServiceKey, str] = {}
 
     def _inside(self, path: Path) -> list[Path]:
         """The folders from just below the root down to path."""
@@ -72,8 +75,11 @@ class Host:
 
     def runtime_dir(self, key: ServiceKey) -> Path:
         """A private folder for the backend's files of this service (created on demand)."""
-        d = self.root / RUNTIME / key.namespace / key.name
-        self._ensure_dir(d)
+        d = self._dirs.get(key)
+        if d is None:
+            d = self.root / RUNTIME / key.namespace / key.name
+            self._ensure_dir(d)
+            self._dirs[key] = d
         return d
 
     def runtime_path(self, key: ServiceKey) -> Path:
@@ -83,9 +89,12 @@ class Host:
     @contextlib.contextmanager
     def lock(self, key: ServiceKey) -> Iterator[None]:
         """Held while acting on a service's resources; released by the kernel if we die."""
-        d = self.root / LOCKS / key.namespace
-        self._ensure_dir(d)
-        fd = os.open(d / f"{key.name}.lock", os.O_CREAT | os.O_RDWR | os.O_NOFOLLOW, 0o600)
+        path = self._locks.get(key)
+        if path is None:
+            d = self.root / LOCKS / key.namespace
+            self._ensure_dir(d)
+            path = self._locks[key] = str(d / f"{key.name}.lock")
+        fd = os.open(path, os.O_CREAT | os.O_RDWR | os.O_NOFOLLOW, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
@@ -97,6 +106,8 @@ class Host:
         link out of the root."""
         d = self.runtime_path(key)
         self._made.discard(d)
+        self._dirs.pop(key, None)
+        self._locks.pop(key, None)
         try:
             self._check_no_links(d.parent)  # never rmtree through a linked _runtime or namespace
         except UnsafeHost:
