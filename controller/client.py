@@ -23,8 +23,8 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from converge import manifest
 from converge.api import FINALIZER, AdminState, ManagedService, ServiceKey, check_name
 from converge.backends.env import scrub, secrets_of
 from converge.backends.errors import BackendError
@@ -33,10 +33,12 @@ from converge.filestore import FileStore, default_root
 from converge.host import Host, default_state_dir
 from converge.reconciler import Outcome, Reconciler
 from converge.registry import Backends, KnownKinds
-from converge.runtime import Runtime
 from converge.selector import Selector, parse_selector
 from converge.store import AlreadyExists, Conflict, NotFound, Store, StoreError
 from converge.waiting import WaitFor, parse_wait_for
+
+if TYPE_CHECKING:
+    from converge.runtime import Runtime
 
 APPLY_RETRIES = 20
 
@@ -92,7 +94,8 @@ class Client:
         self.host = host
         self.backends = backends or Backends()
         self.reconciler = Reconciler(store, self.backends, host)
-        self.runtime = Runtime(self.reconciler, workers=workers)
+        self.workers = workers
+        self._runtime: Runtime | None = None
         # True: up/down/delete converge here (local mode). False: a controller elsewhere
         # (the operator) converges; they wait for its status instead.
         self.converges = converges
@@ -118,11 +121,22 @@ class Client:
         return cls(store, Host(state_dir or default_state_dir()), converges=False,
                    default_namespace=context_namespace(kubeconfig, context))
 
+    @property
+    def runtime(self) -> Runtime:
+        """Made on first use: commands that only read (get, describe) never import it."""
+        if self._runtime is None:
+            from converge.runtime import Runtime
+
+            self._runtime = Runtime(self.reconciler, workers=self.workers)
+        return self._runtime
+
     @staticmethod
     def load(*sources: str, existing: Iterable[ManagedService] = (),
              namespace: str | None = None) -> list[ManagedService]:
         """Read and validate manifests (files, folders, "-"); raises manifest.ManifestError.
         `namespace` replaces the manifests' namespaces before any check."""
+        from converge import manifest  # YAML and validation: only commands that read manifests
+
         return manifest.load(sources, KnownKinds(), existing, namespace)
 
     def load_for_apply(self, *sources: str, namespace: str | None = None) -> list[ManagedService]:

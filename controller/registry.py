@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from importlib.metadata import entry_points
+from typing import TYPE_CHECKING
 
 from converge.backends.base import Backend, Notify
 from converge.backends.errors import BackendUnavailable, PermanentError
@@ -19,8 +19,18 @@ GROUP = "converge.backends"
 BUILTIN_KINDS = frozenset({"container", "daemon", "kubernetes", "terraform"})
 
 
+if TYPE_CHECKING:
+    from importlib.metadata import EntryPoint
+
+
+def _entry_points() -> dict[str, EntryPoint]:
+    from importlib.metadata import entry_points  # imported when used: costly at start-up
+
+    return {ep.name: ep for ep in entry_points(group=GROUP)}
+
+
 def available_kinds() -> list[str]:
-    return sorted(ep.name for ep in entry_points(group=GROUP))
+    return sorted(_entry_points())
 
 
 class KnownKinds:
@@ -50,7 +60,7 @@ class Backends:
         with self._mu:
             if kind in self._made:
                 return self._made[kind]
-            eps = {ep.name: ep for ep in entry_points(group=GROUP)}
+            eps = _entry_points()
             if kind not in eps:
                 raise PermanentError(f"unknown backend {kind!r} (installed: {', '.join(sorted(eps))})",
                                      reason="UnknownBackend")
