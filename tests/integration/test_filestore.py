@@ -252,3 +252,29 @@ def test_watch_reports_others_changes_not_its_own_writes(tmp_path: Path) -> None
     assert settle() == []
     stop.set()
     t.join(2)
+
+
+def test_watch_sees_a_write_that_left_the_folder_mtime_unchanged(tmp_path: Path) -> None:
+    """A folder's mtime is as coarse as the kernel's clock tick: a second write in the same
+    tick as the watch's look changes nothing the watch can stat. It must still be seen."""
+    mine, other = FileStore(tmp_path / "st"), FileStore(tmp_path / "st")
+    other.create(make("x"))
+    folder = tmp_path / "st" / "default"
+    stop = threading.Event()
+    seen: list[ServiceKey] = []
+    t = threading.Thread(target=lambda: seen.extend(mine.watch(stop, interval=0.2)), daemon=True)
+    t.start()
+    try:
+        time.sleep(0.5)  # the watch has its first look
+        before = folder.stat()
+        x = other.get(ServiceKey("default", "x")).model_copy(deep=True)
+        x.metadata.labels = {"v": "2"}
+        other.update(x)
+        os.utime(folder, ns=(before.st_atime_ns, before.st_mtime_ns))  # as if in the same clock tick
+        deadline = time.monotonic() + 5
+        while not seen and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert seen == [ServiceKey("default", "x")]
+    finally:
+        stop.set()
+        t.join(2)
