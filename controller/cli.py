@@ -18,7 +18,6 @@ import re
 import signal
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -150,7 +149,10 @@ class Ctx:
 
 def _set_global(attr: str) -> Callable[[click.Context, click.Parameter, Any], None]:
     def callback(ctx: click.Context, _param: click.Parameter, value: Any) -> None:
-        if value is None or value is False or ctx.resilient_parsing:
+        if value is None or value is False:
+            return
+        ctx.meta[f"converge.{attr}"] = value  # shared by every context: completion reads it
+        if ctx.resilient_parsing:
             return
         if attr == "namespace":  # never a path into or out of the store
             from converge.api import InvalidName, check_name
@@ -228,11 +230,12 @@ def _complete_names(ctx: click.Context, _param: click.Parameter, incomplete: str
     try:
         import os
 
-        root = ctx.find_root()
-        store = root.params.get("store") or os.environ.get("CONVERGE_STORE")
+        store = ctx.meta.get("converge.store_path") or os.environ.get("CONVERGE_STORE")
+        namespace = ctx.meta.get("converge.namespace") or "default"
         from converge.filestore import FileStore
 
-        return sorted(n for o in FileStore(store).list().items if (n := o.metadata.name).startswith(incomplete))
+        items = FileStore(store).list(namespace).items
+        return sorted(n for o in items if (n := o.metadata.name).startswith(incomplete))
     except Exception:  # completion never fails loudly
         return []
 
@@ -460,23 +463,20 @@ def logs(c: Ctx, name: str, follow: bool, tail: int) -> None:
 @handle_errors
 def delete(c: Ctx, names: tuple[str, ...], selector: str | None, all_: bool, files: tuple[str, ...],
            ignore_not_found: bool, force: bool, timeout: str) -> None:
-    """Deprovision services, then forget them: NAME..., -l SELECTOR, --all or -f FILE|DIR."""
-    from converge.store import NotFound
-
+    """Deprovision services, then forget them: NAME..., -l SELECTOR, --all or -f FILE|DIR.
+    All are deleted together: dependents stop before what they depend on."""
     keys = _selected_keys(c, names, selector, all_, files)
-    t = parse_duration(timeout)
-    deadline = time.monotonic() + t
-    failed = False
     if not keys and not names:
         click.echo("No resources found", err=True)
+        return
+    outcomes, missing = c.client.delete_many(keys, force=force, timeout=parse_duration(timeout))
+    failed = bool(missing) and not ignore_not_found
     for key in dict.fromkeys(keys):
-        try:
-            o = c.client.delete(key.name, key.namespace, force=force, timeout=max(deadline - time.monotonic(), 0.1))
-        except NotFound:
+        if key in missing:
             if not ignore_not_found:
-                failed = True
                 click.echo(f'error: managedservices "{key.name}" not found', err=True)
             continue
+        o = outcomes[key]
         if o.gone:
             click.echo(f"managedservice/{key.name} deleted" + (f" ({o.message})" if force and o.message else ""))
         else:

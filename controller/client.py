@@ -291,6 +291,32 @@ class Client:
                            f"finished: {out.message or out.state}")
         return out
 
+    def delete_many(self, keys: Iterable[ServiceKey], force: bool = False, timeout: float = 60.0,
+                    ) -> tuple[dict[ServiceKey, Outcome], builtins.list[ServiceKey]]:
+        """delete for several services at once: every deletion is requested before any
+        converging, so dependents stop before what they depend on. (outcomes, not found)."""
+        requested, missing = [], []
+        for key in dict.fromkeys(keys):
+            try:
+                self.store.delete(self.key(key.name, key.namespace))
+                requested.append(key)
+            except NotFound:
+                missing.append(key)
+        if not requested:
+            return {}, missing
+        done = self.reconcile(requested, timeout) if self.converges else self.await_operator(requested, timeout)
+        out = {}
+        for key in requested:
+            o = done.get(key, Outcome(key))
+            if not o.gone and force:
+                killed = self.reconciler.kill(key) if self.converges else "not stopped (the operator's host)"
+                self._drop_finalizer(key)
+                self.host.forget(key)
+                o = Outcome(key, gone=True, settled=True, message=f"forced, {killed}; deprovisioning had not "
+                            f"finished: {o.message or o.state}")
+            out[key] = o
+        return out, missing
+
     def await_operator(self, keys: Iterable[ServiceKey], timeout: float, poll: float = 0.2,
                        ) -> dict[ServiceKey, Outcome]:
         """Until the controller's status shows each service settled (or it is gone)."""

@@ -208,6 +208,13 @@ def test_down_force_help_says_objects_stay_and_completion_works(cli: CLI, tmp_pa
 
     p = subprocess.run([CONVERGE], env=env, capture_output=True, text=True, timeout=60)
     assert "alpha" in p.stdout and "beta" not in p.stdout, p.stdout + p.stderr
+    # the store and namespace flags on the command line are used
+    other = tmp_path / "other"
+    cli("apply", "-f", str(write(tmp_path / "t.yaml", sleeper("alpaca"))), "--store", str(other), "-n", "zoo")
+    env["COMP_WORDS"] = f"converge describe --store {other} -n zoo al"
+    env["COMP_CWORD"] = "6"
+    p = subprocess.run([CONVERGE], env=env, capture_output=True, text=True, timeout=60)
+    assert "alpaca" in p.stdout and "alpha" not in p.stdout, p.stdout + p.stderr
     src = cli("--help").stdout
     assert "_CONVERGE_COMPLETE" in src
 
@@ -289,3 +296,13 @@ def test_daemon_without_working_dir_runs_in_the_manifests_folder(cli: CLI, tmp_p
     cli("reconcile", "--timeout", "30s")
     until(lambda: (app / "started").exists(), what="the script's file in the manifest's folder")
     assert cli.obj("rel")["status"]["state"] == "active"
+
+
+def test_delete_of_a_stack_stops_dependents_first(cli: CLI, tmp_path: Path) -> None:
+    m = write(tmp_path / "s.yaml", http_service("db", labels={"s": "x"}),
+              http_service("api", depends=["db"], labels={"s": "x"}))
+    cli("apply", "-f", str(m))
+    cli("reconcile", "--timeout", "30s")
+    p = cli("delete", "-l", "s=x")
+    assert p.stdout.splitlines() == ["managedservice/api deleted", "managedservice/db deleted"], p.stdout
+    assert p.stderr.index("default/api: deleted") < p.stderr.index("default/db: deleted"), p.stderr
