@@ -190,8 +190,11 @@ def test_operator_converges_with_the_chart_rights(converge_operator: str, contro
         assert p.returncode == 0, p.stderr + (tmp_path / "operator.log").read_text()[-3000:]
         control_plane.kubectl("delete", "msvc/web", "-n", watched, "--timeout=120s", timeout=150)
         assert control_plane.kubectl("get", "deployment", "web", "-n", watched, check=False).returncode != 0
-        text = (tmp_path / "operator.log").read_text()
-        assert "forbidden" not in text.lower(), text[-3000:]
+        # Nothing the operator does was refused (kopf's optional cluster-wide looks aside).
+        used = ("managedservices", "deployments", "services", "pods", "leases", "events", "secrets")
+        refused = [line for line in (tmp_path / "operator.log").read_text().lower().splitlines()
+                   if "forbidden" in line and any(r in line for r in used)]
+        assert not refused, "\n".join(refused[:10])
     finally:
         op.terminate()
         try:
