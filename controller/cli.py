@@ -347,7 +347,7 @@ def _render(items: list[ManagedService], fmt: str | None, columns: Any, single: 
     if fmt == "custom-columns":
         from converge.columns import render
 
-        return render(columns, [s.dump() for s in items], header=header)
+        return render(columns, [printers.shown(s) for s in items], header=header)
     return printers.table(items, wide=fmt == "wide", namespaces=namespaces, header=header)
 
 

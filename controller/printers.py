@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 from converge.api import ManagedService
 from converge.conditions import READY
@@ -72,9 +73,42 @@ def table(items: Sequence[ManagedService], wide: bool = False, namespaces: bool 
     return "\n".join(lines if header else lines[1:])
 
 
+_TIME_KEYS = ("creationTimestamp", "deletionTimestamp", "lastTransitionTime", "nextRetryTime", "startedAt",
+              "activeSince")
+
+
+def _seconds(node: Any) -> Any:
+    """Timestamps of metadata and status as the API server writes them: RFC 3339, whole seconds, Z."""
+    if isinstance(node, list):
+        return [_seconds(v) for v in node]
+    if not isinstance(node, dict):
+        return node
+    out = {}
+    for k, v in node.items():
+        if k in _TIME_KEYS and isinstance(v, str):
+            try:
+                when = datetime.fromisoformat(v)
+            except ValueError:
+                out[k] = v
+                continue
+            out[k] = (when if when.tzinfo else when.replace(tzinfo=UTC)).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        else:
+            out[k] = _seconds(v) if k in ("conditions", "items") else v
+    return out
+
+
+def shown(svc: ManagedService) -> dict[str, Any]:
+    """The object as `get -o yaml|json|custom-columns` show it."""
+    data = svc.dump()
+    for part in ("metadata", "status"):
+        if isinstance(data.get(part), dict):
+            data[part] = _seconds(data[part])
+    return data
+
+
 def dump(items: Sequence[ManagedService], fmt: str, single: bool) -> str:
-    data = items[0].dump() if single and items else {
-        "apiVersion": "v1", "kind": "List", "items": [i.dump() for i in items]}
+    data = shown(items[0]) if single and items else {
+        "apiVersion": "v1", "kind": "List", "items": [shown(i) for i in items]}
     if fmt == "json":
         return json.dumps(data, indent=2)
     import yaml  # imported when used: `get` and `get -o json` do not need it

@@ -272,6 +272,12 @@ def test_describe_reads_like_kubectl(cli: CLI, tmp_path: Path) -> None:
     assert re.search(r"^  Type\s+Status\s+Reason\s+Age\s+Message\n  ----", desc, re.MULTILINE), desc
     assert re.search(r"^  Ready\s+True\s+Running\s+\d+s", desc, re.MULTILINE), desc
     assert "+00:00" not in desc and not re.search(r"\d\d:\d\d:\d\d\.\d", desc)
+    # -o yaml/json: RFC 3339 in whole seconds, as the API server writes them
+    obj = cli.obj("d")
+    stamps = [obj["metadata"]["creationTimestamp"], *(c["lastTransitionTime"] for c in obj["status"]["conditions"])]
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", t) for t in stamps), stamps
+    assert re.search(r"creationTimestamp: '?\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ'?$",
+                     cli("get", "d", "-o", "yaml").stdout, re.MULTILINE)
 
 
 def test_log_path_is_absolute_with_a_relative_store(cli: CLI, tmp_path: Path) -> None:
