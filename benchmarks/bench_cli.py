@@ -6,6 +6,8 @@ the shared machine hits all of them alike).
 
 Cases (each a fresh process, stdout/stderr to a pipe):
   python -c pass                     the floor of any Python CLI in this venv
+  python -c "import pydantic, click" the floor of a CLI built on converge's two libraries
+  python -c "import converge.api"    ... and its API models (27 pydantic classes)
   kubectl version --client           the reference (a Go binary), skipped if absent
   converge get                       empty store
   converge get                       --small services stored
@@ -13,7 +15,9 @@ Cases (each a fresh process, stdout/stderr to a pipe):
   converge get                       --big services stored (table of all)
   converge apply --dry-run -f ONE    one manifest, --big services stored
 Reports median / min / p95 wall seconds and the median as a multiple of `python -c pass`
-(and of kubectl). Stores are filled in-process through converge.filestore.FileStore.
+(and of kubectl), and the median CPU seconds (user+system of the process, from
+getrusage): on a machine shared with other work, CPU time is inflated far less than wall
+time. Stores are filled in-process through converge.filestore.FileStore.
 The commands run with bytecode caching on (PYTHONDONTWRITEBYTECODE removed), as for an
 installed converge; one warm-up run of each case first.
 """
@@ -23,6 +27,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -58,13 +63,16 @@ def fill(root: Path, n: int) -> None:
         }))
 
 
-def time_once(argv: list[str], env: dict[str, str], cwd: Path) -> float:
+def time_once(argv: list[str], env: dict[str, str], cwd: Path) -> tuple[float, float]:
+    """(wall seconds, CPU seconds user+system) of one run."""
+    r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     out = subprocess.run(argv, env=env, cwd=cwd, capture_output=True, timeout=300, check=False)
     dt = time.perf_counter() - t0
+    r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     if out.returncode != 0:
         raise BenchError(f"`{' '.join(argv)}` exited {out.returncode}: {out.stderr.decode()[-2000:]}")
-    return dt
+    return dt, (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
 
 
 def parse_args() -> argparse.Namespace:
@@ -101,8 +109,11 @@ def main() -> None:
             def cv(store: str, *a: str) -> list[str]:
                 return [str(converge), "--store", str(stores[store]), *a]
 
+            py = str(venv / "python")
             cases: list[tuple[str, list[str], int]] = [
-                ("python -c pass", [str(venv / "python"), "-c", "pass"], args.rounds),
+                ("python -c pass", [py, "-c", "pass"], args.rounds),
+                ('python -c "import pydantic, click"', [py, "-c", "import pydantic, click"], args.rounds),
+                ('python -c "import converge.api"', [py, "-c", "import converge.api"], args.rounds),
             ]
             if kubectl:
                 cases.append(("kubectl version --client", [kubectl, "version", "--client"], args.rounds))
@@ -118,29 +129,37 @@ def main() -> None:
             for _, argv, _ in cases:  # warm the page cache and .pyc files
                 time_once(argv, env, scratch)
             samples: dict[str, list[float]] = {name: [] for name, _, _ in cases}
+            cpu: dict[str, list[float]] = {name: [] for name, _, _ in cases}
             load_before = os.getloadavg()
             for r in range(max(c[2] for c in cases)):
                 for name, argv, rounds in cases:
                     if r < rounds:
-                        samples[name].append(time_once(argv, env, scratch))
+                        wall, used = time_once(argv, env, scratch)
+                        samples[name].append(wall)
+                        cpu[name].append(used)
             load_after = os.getloadavg()
         finally:
             with contextlib.suppress(OSError):
                 shutil.rmtree(scratch)
         base = summarize(samples["python -c pass"])["median"]
+        base_cpu = summarize(cpu["python -c pass"])["median"]
         kube = summarize(samples["kubectl version --client"])["median"] if kubectl else None
         for name, argv, _ in cases:
             s = summarize(samples[name])
+            c = summarize(cpu[name])["median"]
             results["cases"].append({"case": name, "argv": argv[:1] + argv[3:] if "converge" in name else argv,
                                      **s, "x_python": s["median"] / base,
-                                     "x_kubectl": s["median"] / kube if kube else None, "samples": samples[name]})
+                                     "x_kubectl": s["median"] / kube if kube else None,
+                                     "cpu_median": c, "cpu_x_python": c / base_cpu,
+                                     "samples": samples[name], "cpu_samples": cpu[name]})
         results["loadavg_before"] = [round(x, 2) for x in load_before]
         results["loadavg_after"] = [round(x, 2) for x in load_after]
         path = write_results("bench_cli", results)
     print(f"\nCLI latency, wall seconds (load average {load_before[0]:.2f} before, {load_after[0]:.2f} after)")
-    print_table(["case", "n", "median", "min", "p95", "x python", "x kubectl"],
+    print_table(["case", "n", "median", "min", "p95", "x python", "x kubectl", "CPU median", "CPU x python"],
                 [[c["case"], c["n"], c["median"], c["min"], c["p95"], f"{c['x_python']:.1f}",
-                  "-" if c["x_kubectl"] is None else f"{c['x_kubectl']:.1f}"] for c in results["cases"]])
+                  "-" if c["x_kubectl"] is None else f"{c['x_kubectl']:.1f}", c["cpu_median"],
+                  f"{c['cpu_x_python']:.1f}"] for c in results["cases"]])
     print(f"\nJSON: {path}")
 
 

@@ -159,9 +159,10 @@ class FileStore:
 
     # ------------------------------------------------------------------ reading
 
-    def _read(self, key: ServiceKey, path: str) -> ManagedService:
+    def _read(self, key: ServiceKey, path: str, folder_checked: bool = False) -> ManagedService:
         """The object of `key` stored at `path` (a str: pathlib is most of a cached get);
-        parsed only when the file changed."""
+        parsed only when the file changed. `folder_checked`: the caller knows the
+        namespace folder is no link."""
         try:
             st = os.lstat(path)
         except FileNotFoundError:
@@ -172,7 +173,7 @@ class FileStore:
             what = "a link (never followed)" if stat.S_ISLNK(st.st_mode) else "not a regular file"
             raise CorruptObject(path, what, key)
         folder = os.path.dirname(path)  # noqa: PTH120 - str paths on the hot path
-        if os.path.islink(folder):  # noqa: PTH114
+        if not folder_checked and os.path.islink(folder):  # noqa: PTH114
             raise CorruptObject(path, f"{folder} is a link (never followed)", key)
         sig = _sig(st)
         with self._mu:
@@ -188,7 +189,11 @@ class FileStore:
         except OSError as exc:
             raise CorruptObject(path, f"cannot read: {exc.strerror}", key) from None
         try:
-            raw = os.read(fd, 2 * MAX_OBJECT_BYTES + 1)
+            opened = os.fstat(fd)  # the file read (a writer may have renamed another into place)
+            if not stat.S_ISREG(opened.st_mode) or opened.st_size > 2 * MAX_OBJECT_BYTES:
+                raise CorruptObject(path, "not a regular file of at most an object's size", key)
+            sig = _sig(opened)
+            raw = os.read(fd, opened.st_size + 1)  # its size, not the limit: no 2 MB buffer per read
         except OSError as exc:
             raise CorruptObject(path, f"cannot read: {exc.strerror}", key) from None
         finally:
@@ -224,7 +229,7 @@ class FileStore:
                     continue
                 key = ServiceKey(ns, e.name[:-5])
                 try:
-                    obj = self._read(key, e.path)
+                    obj = self._read(key, e.path, folder_checked=True)
                 except NotFound:
                     continue
                 except CorruptObject as exc:
