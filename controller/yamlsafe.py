@@ -5,10 +5,12 @@ PyYAML alone accepts what a careless or hostile manifest can hold: alias bombs (
 overflow the stack, duplicate keys (the last one silently wins), and tags that are no
 JSON value (`!!binary`, `!!set`). Here a document goes through three passes:
 
-1. the event stream (iterative, in C): nesting depth at most MAX_DEPTH;
+1. its text: at most MAX_DOCUMENT_TEXT bytes (found from the `---` lines, no parsing);
+   nesting is capped by libyaml itself (>= 0.2.5: 1,000 levels), else by a pass over the
+   event stream (iterative) at MAX_DEPTH;
 2. the node graph (aliases are shared nodes, not copies): duplicate keys, non-scalar
-   keys, foreign tags, recursive aliases, and the *expanded* size and depth, measured
-   with one visit per node, so a bomb is refused without being expanded;
+   keys, foreign tags, recursive aliases, and the *expanded* size and depth (checked going
+   down), measured with one visit per node, so a bomb is refused without being expanded;
 3. only then the Python values. Timestamps stay strings, as in JSON.
 
 Every error names the line. Pure: text in, values out.
@@ -26,11 +28,18 @@ from converge.api import MAX_OBJECT_BYTES
 
 try:  # the C parser is ~10x faster when libyaml is there
     from yaml import CSafeLoader as _Base
+    from yaml._yaml import get_version
+
+    _C_NESTING_LIMIT = get_version() >= (0, 2, 5)
 except ImportError:  # pragma: no cover
     from yaml import SafeLoader as _Base  # type: ignore[assignment]
 
+    _C_NESTING_LIMIT = False
+
 MAX_DEPTH = 64  # nested mappings/sequences in one document, aliases expanded
 MAX_SOURCE_BYTES = 16 * 1024 * 1024  # one file or stdin
+MAX_DOCUMENT_TEXT = 2 * MAX_OBJECT_BYTES  # one document's text (YAML's indentation is wider than JSON)
+_DOC_MARK = re.compile(r"^(?:---|\.\.\.)(?=\s|$)", re.M)
 
 _T = "tag:yaml.org,2002:"
 _SCALAR_TAGS = {_T + t for t in ("str", "int", "float", "bool", "null", "timestamp", "merge", "value")}
@@ -78,15 +87,20 @@ class _Measure:
         self.memo: dict[int, tuple[int, int]] = {}
         self.active: set[int] = set()
 
-    def __call__(self, node: yaml.Node) -> tuple[int, int]:
+    def __call__(self, node: yaml.Node, level: int = 0) -> tuple[int, int]:
+        if level > MAX_DEPTH:  # checked going down: no recursion deeper than the limit
+            raise YamlError(f"nested more than {MAX_DEPTH} levels deep", _line(node))
         ident = id(node)
         if ident in self.memo:
-            return self.memo[ident]
+            size, depth = self.memo[ident]
+            if level + depth > MAX_DEPTH:
+                raise YamlError(f"nested more than {MAX_DEPTH} levels deep once aliases are expanded", _line(node))
+            return size, depth
         if ident in self.active:
             raise YamlError("recursive alias: a value contains itself", _line(node))
         self.active.add(ident)
         try:
-            result = self._measure(node)
+            result = self._measure(node, level)
         finally:
             self.active.discard(ident)
         if result[0] > self.limit:
@@ -97,7 +111,7 @@ class _Measure:
         self.memo[ident] = result
         return result
 
-    def _measure(self, node: yaml.Node) -> tuple[int, int]:
+    def _measure(self, node: yaml.Node, level: int) -> tuple[int, int]:
         if isinstance(node, yaml.ScalarNode):
             if node.tag not in _SCALAR_TAGS:
                 raise YamlError(f"tag {_short(node.tag)} is not allowed: values are strings, numbers, "
@@ -108,7 +122,7 @@ class _Measure:
                 raise YamlError(f"tag {_short(node.tag)} is not allowed on a list", _line(node))
             size, depth = 2, 0
             for item in node.value:
-                s, d = self(item)
+                s, d = self(item, level + 1)
                 size, depth = size + s + 1, max(depth, d)
                 if size > self.limit:
                     break
@@ -126,8 +140,8 @@ class _Measure:
                         raise YamlError(f"duplicate key {key.value[:60]!r} (first on line {seen[key.value]})",
                                         _line(key))
                     seen[key.value] = _line(key)
-                ks, _ = self(key)
-                vs, vd = self(value)
+                ks, _ = self(key, level + 1)
+                vs, vd = self(value, level + 1)
                 size, depth = size + ks + vs + 2, max(depth, vd)
                 if size > self.limit:
                     break
@@ -148,8 +162,15 @@ def load_all(text: str, limit: int = MAX_OBJECT_BYTES) -> Iterator[tuple[int, An
     Raises YamlError (a subclass carries the line) for the first problem found."""
     if len(text) > MAX_SOURCE_BYTES:
         raise YamlError(f"larger than {MAX_SOURCE_BYTES} bytes")
+    start = 0
+    for m in [*_DOC_MARK.finditer(text), None]:  # one document's text, before any parsing
+        end = m.start() if m is not None else len(text)
+        if end - start > MAX_DOCUMENT_TEXT:
+            raise YamlError(f"a document of more than {MAX_DOCUMENT_TEXT} bytes", text.count("\n", 0, start) + 1)
+        start = end
     try:
-        _check_depth(text)
+        if not _C_NESTING_LIMIT:  # libyaml >= 0.2.5 refuses nesting past 1000 itself (no deep C recursion)
+            _check_depth(text)
         loader = _Loader(text)
         try:
             index = 0

@@ -21,8 +21,21 @@ class Run:
     peak_rss_mib: float
 
 
+def hwm_mib(pid: int) -> float:
+    """The process's peak RSS so far (VmHWM: since its exec, unlike wait4's ru_maxrss, which
+    counts the forking parent's pages)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
 def run_measured(cli: CLI, *args: str, input: str | None = None, timeout: float = 60) -> Run:
-    """Like cli(...), with the child's own peak RSS from wait4 (not the test's)."""
+    """Like cli(...), with the wall time and the peak RSS of that one process."""
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, tempfile.TemporaryFile() as inp:
         if input is not None:
             inp.write(input.encode())
@@ -30,13 +43,15 @@ def run_measured(cli: CLI, *args: str, input: str | None = None, timeout: float 
         start = time.monotonic()
         p = subprocess.Popen([CONVERGE, *args], stdin=inp, stdout=out, stderr=err, env=cli.env, cwd=cli.cwd)
         deadline = start + timeout
+        peak = 0.0
         while True:
-            pid, status, usage = os.wait4(p.pid, os.WNOHANG)
+            peak = max(peak, hwm_mib(p.pid))  # a zombie has no VmHWM: read before reaping
+            pid, status, _ = os.wait4(p.pid, os.WNOHANG)
             if pid:
                 break
             if time.monotonic() > deadline:
                 p.kill()
-                pid, status, usage = os.wait4(p.pid, 0)
+                pid, status, _ = os.wait4(p.pid, 0)
                 break
             time.sleep(0.005)
         seconds = time.monotonic() - start
@@ -44,7 +59,7 @@ def run_measured(cli: CLI, *args: str, input: str | None = None, timeout: float 
         out.seek(0)
         err.seek(0)
         return Run(p.returncode, out.read().decode(errors="replace"), err.read().decode(errors="replace"),
-                   seconds, usage.ru_maxrss / 1024)
+                   seconds, peak)
 
 
 def snapshot(root: Path) -> dict[str, tuple[int, int]]:

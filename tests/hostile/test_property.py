@@ -144,16 +144,16 @@ def _check(text: str, changed: list[Path_], f: Path) -> None:
     f.write_text(text)
     objs: list[ManagedService] = []
     problems: list[str] | None = None
-    start = time.perf_counter()
+    start = time.thread_time()  # CPU time: other agents' load on the machine does not count
     try:  # any other exception fails the test (with hypothesis's minimal example)
         objs = load([str(f)], KINDS)
     except ManifestError as exc:
         problems = exc.problems
-    took = time.perf_counter() - start
+    took = time.thread_time() - start
     Stats.tried += 1
     if took > Stats.slowest:
         Stats.slowest, Stats.slowest_input = took, text[:200]
-    assert took < 2.0, f"{took:.2f}s for {text[:300]!r}"
+    assert took < 2.0, f"{took:.2f} s of CPU for {text[:300]!r}"
     if problems is not None:
         Stats.refused += 1
         assert all(p.startswith(str(f)) for p in problems), problems
@@ -185,7 +185,7 @@ def test_zz_figures(capsys: Any) -> None:
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     with capsys.disabled():
         print(f"\nproperty test: {Stats.tried} inputs, {Stats.refused} refused cleanly, {Stats.accepted} valid, "
-              f"slowest {Stats.slowest * 1000:.1f} ms ({Stats.slowest_input[:60]!r}...), test process peak RSS "
+              f"slowest {Stats.slowest * 1000:.1f} ms of CPU ({Stats.slowest_input[:60]!r}...), test process peak RSS "
               f"{rss:.0f} MiB")
     assert rss < 1024
 
