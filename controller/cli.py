@@ -20,7 +20,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import wraps
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
@@ -122,6 +122,7 @@ def _setup_logging(verbose: bool) -> None:
 class Ctx:
     store_path: str | None = None
     namespace: str | None = None
+    namespaces: list[str] = field(default_factory=list)  # every -n given (the operator watches them all)
     verbose: bool = False
     kubeconfig: str | None = None
     context: str | None = None
@@ -149,21 +150,27 @@ class Ctx:
 
 def _set_global(attr: str) -> Callable[[click.Context, click.Parameter, Any], None]:
     def callback(ctx: click.Context, _param: click.Parameter, value: Any) -> None:
-        if value is None or value is False:
+        if value is None or value is False or value == ():
             return
-        ctx.meta[f"converge.{attr}"] = value  # shared by every context: completion reads it
+        if attr == "namespace":
+            value = tuple(value)
+        # shared by every context: completion reads it (the namespace: the last -n)
+        ctx.meta[f"converge.{attr}"] = value[-1] if attr == "namespace" else value
         if ctx.resilient_parsing:
             return
+        obj = ctx.find_object(Ctx)
+        if obj is None:
+            obj = ctx.ensure_object(Ctx)
         if attr == "namespace":  # never a path into or out of the store
             from converge.api import InvalidName, check_name
 
             try:
-                check_name(value, "namespace")
+                for ns in value:
+                    check_name(ns, "namespace")
             except InvalidName as exc:
                 raise click.BadParameter(str(exc), ctx, _param) from None
-        obj = ctx.find_object(Ctx)
-        if obj is None:
-            obj = ctx.ensure_object(Ctx)
+            obj.namespaces = [*obj.namespaces, *value]
+            value = value[-1]  # a command's -n wins over the group's; the last one wins
         setattr(obj, attr, value)
         if attr == "verbose":
             _setup_logging(True)
@@ -176,8 +183,9 @@ def global_options(envvars: bool) -> Callable[[F], F]:
         click.option("--store", default=None, metavar="DIR",
                      expose_value=False, is_eager=True, callback=_set_global("store_path"),
                      help="File store root (env CONVERGE_STORE, default ./.converge)."),
-        click.option("-n", "--namespace", default=None, expose_value=False, is_eager=True,
-                     callback=_set_global("namespace"), help="Namespace (default: default)."),
+        click.option("-n", "--namespace", multiple=True, expose_value=False, is_eager=True,
+                     callback=_set_global("namespace"),
+                     help="Namespace (default: default; the operator: watch these, repeatable)."),
         click.option("-v", "--verbose", is_flag=True, default=None, expose_value=False, is_eager=True,
                      callback=_set_global("verbose"), help="Log every reconcile step."),
         click.option("--kubeconfig", default=None, metavar="FILE", expose_value=False, is_eager=True,
@@ -594,15 +602,74 @@ def _stop_on_signals() -> Iterator[threading.Event]:
 @cli.command()
 @click.option("--workers", default=8, show_default=True)
 @click.option("--resync", default="60s", show_default=True, help="Full re-observation interval.")
+@click.option("--metrics-port", type=click.IntRange(0, 65535), default=0,
+              help="Serve Prometheus metrics on this port (0: off).")
 @pass_ctx
 @handle_errors
-def run(c: Ctx, workers: int, resync: str) -> None:
+def run(c: Ctx, workers: int, resync: str, metrics_port: int) -> None:
     """The continuous local controller: converges and self-heals until interrupted."""
     from converge.runtime import Runtime
 
     rt = Runtime(c.client.reconciler, workers=workers, resync=parse_duration(resync))
+    if metrics_port:
+        from converge.metrics import Metrics, serve_metrics
+
+        metrics = Metrics(rt)
+        rt.on_outcome = metrics.observe
+        c.client.reconciler.on_transition = metrics.transition
+        serve_metrics(metrics, metrics_port, addr="127.0.0.1")
     with _stop_on_signals() as stop:
         rt.run(stop)
+
+
+_BACKENDS = ("daemon", "container", "terraform", "kubernetes")
+
+
+@cli.command()
+@click.option("--all-namespaces", "-A", "all_namespaces", is_flag=True,
+              help="Watch every namespace (the default when no --namespace is given).")
+@click.option("--enable-backend", "enable", multiple=True, type=click.Choice(_BACKENDS),
+              help="Enable a backend (repeatable). kubernetes is on by default; daemon, container and "
+                   "terraform run programs on the operator's host and are off unless enabled.")
+@click.option("--disable-backend", "disable", multiple=True, type=click.Choice(_BACKENDS))
+@click.option("--leader-elect", is_flag=True, help="Only the holder of a coordination.k8s.io Lease reconciles.")
+@click.option("--lease-name", default="converge-operator", show_default=True)
+@click.option("--lease-namespace", default=None, help="Default: the pod's namespace, else default.")
+@click.option("--lease-duration", default="15s", show_default=True)
+@click.option("--health-port", type=click.IntRange(0, 65535), default=8080, show_default=True,
+              help="/healthz and /readyz (0: off).")
+@click.option("--metrics-port", type=click.IntRange(0, 65535), default=9090, show_default=True,
+              help="Prometheus /metrics (0: off).")
+@click.option("--state-dir", default=None, metavar="DIR",
+              help="Host-local files of daemon/terraform services (default $CONVERGE_STATE_DIR or /tmp/converge).")
+@click.option("--workers", default=8, show_default=True)
+@click.option("--resync", default="60s", show_default=True)
+@pass_ctx
+@handle_errors
+def operator(c: Ctx, all_namespaces: bool, enable: tuple[str, ...],
+             disable: tuple[str, ...], leader_elect: bool, lease_name: str, lease_namespace: str | None,
+             lease_duration: str, health_port: int, metrics_port: int, state_dir: str | None, workers: int,
+             resync: str) -> None:
+    """The Kubernetes operator: converge the cluster's ManagedServices of the namespaces
+    given with -n/--namespace (repeatable; needs only namespaced RBAC) or of all of them
+    (--all-namespaces, the default), with in-cluster config or
+    --kubeconfig/--context/$KUBECONFIG. SIGTERM stops it gracefully; services keep running."""
+    from pathlib import Path
+
+    from converge.operator import DEFAULT_BACKENDS, Options
+    from converge.operator import run as run_operator
+
+    watch_namespaces = tuple(c.namespaces)
+    if all_namespaces and watch_namespaces:
+        fail("--all-namespaces and --namespace exclude each other")
+    enabled = (DEFAULT_BACKENDS | set(enable)) - set(disable)
+    opts = Options(
+        namespaces=tuple(dict.fromkeys(watch_namespaces)), enabled=frozenset(enabled), leader_elect=leader_elect,
+        lease_name=lease_name, lease_namespace=lease_namespace, lease_seconds=parse_duration(lease_duration),
+        health_port=health_port, metrics_port=metrics_port,
+        state_dir=Path(state_dir or os.environ.get("CONVERGE_STATE_DIR") or "/tmp/converge"),  # noqa: S108
+        workers=workers, resync=parse_duration(resync), kubeconfig=c.kubeconfig, context=c.context)
+    sys.exit(run_operator(opts))
 
 
 @cli.command()

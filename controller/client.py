@@ -344,10 +344,8 @@ class Client:
                 return
             if FINALIZER not in cur.metadata.finalizers:
                 return
-            new = cur.model_copy(deep=True)
-            new.metadata.finalizers = [f for f in new.metadata.finalizers if f != FINALIZER]
             try:
-                self.store.update(new)
+                self.store.set_finalizers(cur, [f for f in cur.metadata.finalizers if f != FINALIZER])
                 return
             except NotFound:
                 return

@@ -36,7 +36,7 @@ import stat
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -350,6 +350,16 @@ class FileStore:
                 self._remove(obj.key)  # the last finalizer is gone: so is the object
                 return new
             return self._write(new)
+
+    def set_finalizers(self, obj: ManagedService, finalizers: Sequence[str]) -> ManagedService:
+        with self._writer():
+            cur = self._current(obj.key)
+            if cur is None:
+                raise NotFound(str(obj.key))
+            self._check(cur, obj)
+            new = cur.model_copy(deep=True)
+            new.metadata.finalizers = list(finalizers)
+        return self.update(new)  # the same rules as any metadata change (re-checked under the lock)
 
     def update_status(self, obj: ManagedService) -> ManagedService:
         with self._writer():

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -154,10 +154,28 @@ def to_api(obj: ManagedService, *, server_fields: bool) -> dict[str, Any]:
 
 
 class KubeStore:
-    def __init__(self, api: k8s.ApiClient) -> None:
+    def __init__(self, api: k8s.ApiClient, namespaces: tuple[str, ...] = ()) -> None:
         self.api = api
         self.objects = k8s.CustomObjectsApi(api)
         self.writes = 0  # write requests made by this instance
+        # Non-empty: this store sees only these namespaces (an operator with namespaced
+        # RBAC): listing "all" lists each of them.
+        self.namespaces = namespaces
+        self._own: dict[ServiceKey, str] = {}  # resourceVersion of our own last write per object
+        self._own_mu = threading.Lock()
+
+    def own_write(self, key: ServiceKey, resource_version: str | None) -> bool:
+        """Whether this object version is one this store wrote (a watch event of our own
+        status write needs no new pass: the pass that wrote it already knows)."""
+        with self._own_mu:
+            return resource_version is not None and self._own.get(key) == resource_version
+
+    def _wrote(self, obj: ManagedService) -> ManagedService:
+        self.writes += 1
+        with self._own_mu:
+            if obj.metadata.resourceVersion is not None:
+                self._own[obj.key] = obj.metadata.resourceVersion
+        return obj
 
     @classmethod
     def from_kubeconfig(cls, kubeconfig: str | Path | None = None, context: str | None = None) -> KubeStore:
@@ -185,6 +203,13 @@ class KubeStore:
         return self._read(data, str(key))
 
     def list(self, namespace: str | None = None, selector: Selector | None = None) -> ListResult:
+        if namespace is None and self.namespaces:
+            out = ListResult()
+            for ns in self.namespaces:
+                part, _ = self._list(ns, selector)
+                out.items += part.items
+                out.errors += part.errors
+            return out
         items, _ = self._list(namespace, selector)
         return items
 
@@ -214,8 +239,7 @@ class KubeStore:
         data = self._call(str(obj.key), self.objects.create_namespaced_custom_object,
                           API_GROUP, API_VERSION, obj.metadata.namespace, PLURAL, to_api(obj, server_fields=False),
                           creating=True, field_manager=FIELD_MANAGER)
-        self.writes += 1
-        return self._read(data, str(obj.key))
+        return self._wrote(self._read(data, str(obj.key)))
 
     def update(self, obj: ManagedService) -> ManagedService:
         body = to_api(obj, server_fields=True)
@@ -224,8 +248,17 @@ class KubeStore:
         data = self._call(str(obj.key), self.objects.replace_namespaced_custom_object,
                           API_GROUP, API_VERSION, obj.metadata.namespace, PLURAL, obj.metadata.name, body,
                           field_manager=FIELD_MANAGER)
-        self.writes += 1
-        return self._read(data, str(obj.key))
+        return self._wrote(self._read(data, str(obj.key)))
+
+    def set_finalizers(self, obj: ManagedService, finalizers: Sequence[str]) -> ManagedService:
+        body: dict[str, Any] = {"metadata": {"finalizers": [*finalizers],
+                                             "resourceVersion": obj.metadata.resourceVersion}}
+        if obj.metadata.resourceVersion is None:
+            body["metadata"].pop("resourceVersion")
+        data = self._call(str(obj.key), self.objects.patch_namespaced_custom_object,
+                          API_GROUP, API_VERSION, obj.metadata.namespace, PLURAL, obj.metadata.name, body,
+                          field_manager=FIELD_MANAGER, _content_type="application/merge-patch+json")
+        return self._wrote(self._read(data, str(obj.key)))
 
     def update_status(self, obj: ManagedService) -> ManagedService:
         patch: list[dict[str, Any]] = []
@@ -245,8 +278,7 @@ class KubeStore:
             if str(exc) == _PATCH_TEST_FAILED:
                 raise Conflict(f"{obj.key}: changed since it was read (generation or uid); read it again") from None
             raise
-        self.writes += 1
-        return self._read(data, str(obj.key))
+        return self._wrote(self._read(data, str(obj.key)))
 
     def delete(self, key: ServiceKey, resource_version: str | None = None) -> None:
         body = k8s.V1DeleteOptions(preconditions=k8s.V1Preconditions(resource_version=resource_version)) \

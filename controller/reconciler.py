@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 from converge import core, ports
-from converge.api import FINALIZER, AdminState, HealthCheck, ManagedService, ServiceKey, State
+from converge.api import FINALIZER, AdminState, HealthCheck, ManagedService, ManagedServiceStatus, ServiceKey, State
 from converge.backends.base import Backend, Observation, Phase, ProbeResult, Target, owns_endpoint
 from converge.backends.env import scrub, secrets_of
 from converge.backends.errors import BackendError
@@ -22,10 +22,11 @@ from converge.backends.health import probe
 from converge.conditions import is_ready
 from converge.host import Host, UnsafeHost
 from converge.probememo import Health, ProbeMemo
-from converge.registry import Backends
+from converge.registry import BACKEND_DISABLED, Backends
 from converge.store import Conflict, CorruptObject, NotFound, Store
 
 Clock = Callable[[], datetime]
+Transition = Callable[[ManagedService, ManagedServiceStatus | None], None]  # (before, after; None: gone)
 
 
 def utcnow() -> datetime:
@@ -60,6 +61,16 @@ class Probe:
         return result
 
 
+def _ready_reason(st: ManagedServiceStatus) -> str:
+    return next((c.reason for c in st.conditions if c.type == "Ready"), "")
+
+
+def _changed(before: ManagedServiceStatus, after: ManagedServiceStatus) -> bool:
+    """A transition worth telling: another state, another Ready reason, another restart."""
+    return (before.state != after.state or _ready_reason(before) != _ready_reason(after)
+            or before.restarts != after.restarts)
+
+
 class Reconciler:
     def __init__(self, store: Store, backends: Backends, host: Host, clock: Clock = utcnow) -> None:
         self.store = store
@@ -68,6 +79,9 @@ class Reconciler:
         self.clock = clock
         self.probes = ProbeMemo()
         self._hashes: dict[ServiceKey, tuple[object, str]] = {}  # key -> (spec object, its hash)
+        # Called after a status write that changed the state or the Ready reason (and
+        # once a deleted service is gone): the operator posts Kubernetes Events from it.
+        self.on_transition: Transition | None = None
 
     # ------------------------------------------------------------------ one pass
 
@@ -99,10 +113,8 @@ class Reconciler:
             return Outcome(svc.key, settled=True, state=svc.status.state.value, message="being deleted")
         if not deleting and FINALIZER not in svc.metadata.finalizers:
             # Before anything is provisioned: a deletion must come back to us.
-            new = svc.model_copy(deep=True)
-            new.metadata.finalizers.append(FINALIZER)
             try:
-                svc = self.store.update(new)
+                svc = self.store.set_finalizers(svc, [*svc.metadata.finalizers, FINALIZER])
             except (Conflict, NotFound):
                 return Outcome(svc.key, requeue_after=0.0, state=svc.status.state.value)
         now = self.clock()
@@ -110,7 +122,10 @@ class Reconciler:
         try:
             backend = self.backends.get(svc.spec.backend.kind)
         except BackendError as exc:
-            return self._write(svc, core.plan(svc, core.Observed(error=exc, desired_hash=desired), now))
+            p = core.plan(svc, core.Observed(error=exc, desired_hash=desired), now)
+            if deleting and exc.reason == BACKEND_DISABLED:
+                return self._finalize(svc, p)  # a disabled backend never ran anything
+            return self._write(svc, p)
         target = self._target(svc, desired, svc.status.endpoint.port if svc.status.endpoint else None)
         observed = self._observe(svc, backend, target, desired)
         p = core.plan(svc, observed, now)
@@ -142,14 +157,14 @@ class Reconciler:
         """Deprovisioned and being deleted: drop the host's files, then our finalizer."""
         self.host.forget(svc.key)
         self.probes.forget(svc.key)
-        new = svc.model_copy(deep=True)
-        new.metadata.finalizers = [f for f in new.metadata.finalizers if f != FINALIZER]
         try:
-            after = self.store.update(new)
+            after = self.store.set_finalizers(svc, [f for f in svc.metadata.finalizers if f != FINALIZER])
         except NotFound:
             return Outcome(svc.key, settled=True, gone=True, state=State.inactive.value, message="deleted")
         except Conflict:
             return Outcome(svc.key, requeue_after=0.0, state=p.status.state.value)
+        if self.on_transition is not None:
+            self.on_transition(svc, None)
         if after.metadata.finalizers:  # others' finalizers still hold it: no longer ours
             return Outcome(svc.key, settled=True, state=State.inactive.value,
                            message="deprovisioned; waiting for finalizers " + ", ".join(after.metadata.finalizers))
@@ -303,5 +318,7 @@ class Reconciler:
             return Outcome(svc.key, requeue_after=0.0, state=p.status.state.value)
         except NotFound:
             return Outcome(svc.key, gone=True, settled=True)
+        if self.on_transition is not None and _changed(svc.status, p.status):
+            self.on_transition(svc, p.status)
         return out
 

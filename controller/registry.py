@@ -14,6 +14,7 @@ from converge.backends.base import Backend, Notify
 from converge.backends.errors import BackendUnavailable, PermanentError
 
 GROUP = "converge.backends"
+BACKEND_DISABLED = "BackendDisabled"
 # The kinds converge's own pyproject.toml registers in GROUP (a test keeps them equal):
 # known without reading every installed distribution's metadata.
 BUILTIN_KINDS = frozenset({"container", "daemon", "kubernetes", "terraform"})
@@ -51,12 +52,18 @@ class KnownKinds:
 class Backends:
     """The backends of one controller process."""
 
-    def __init__(self, preset: dict[str, Backend] | None = None) -> None:
+    def __init__(self, preset: dict[str, Backend] | None = None, enabled: set[str] | None = None) -> None:
         self._made: dict[str, Backend] = dict(preset or {})
         self._mu = threading.Lock()
         self._notify: Notify | None = None
+        # None: every installed backend; else only these (the operator: backends that run
+        # programs on its own host are off unless enabled).
+        self.enabled = enabled
 
     def get(self, kind: str) -> Backend:
+        if self.enabled is not None and kind not in self.enabled:
+            raise PermanentError(f"backend {kind!r} is disabled in this controller "
+                                 f"(enable it with --enable-backend {kind})", reason=BACKEND_DISABLED)
         with self._mu:
             if kind in self._made:
                 return self._made[kind]

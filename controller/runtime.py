@@ -21,6 +21,7 @@ from converge.api import ServiceKey
 from converge.concurrency import Gate, Limit
 from converge.prober import Prober
 from converge.reconciler import Outcome, Reconciler
+from converge.store import StoreError
 from converge.supervise import supervised
 from converge.workqueue import WorkQueue
 
@@ -45,6 +46,10 @@ class Runtime:
         self.resync = resync
         self._last: dict[ServiceKey, tuple[str, str]] = {}
         self._mu = threading.Lock()
+        # Told of every pass (outcome, seconds): the operator's metrics.
+        self.on_outcome: Callable[[Outcome, float], None] | None = None
+        self._queue: WorkQueue[ServiceKey] | None = None  # the continuous run's queue
+
 
     def _report(self, o: Outcome) -> None:
         """Log a line when a service's state or message changes (the event stream)."""
@@ -61,13 +66,26 @@ class Runtime:
         elif before != now and o.state:
             log.info("%s: %s%s", o.key, o.state, f" ({o.message})" if o.message else "")
 
+    def enqueue(self, key: ServiceKey) -> None:
+        """Ask the continuous run for a pass over key (from any thread; e.g. kopf's watch)."""
+        if self._queue is not None:
+            self._queue.add(key)
+
+    def queue_depth(self) -> int:
+        return self._queue.depth() if self._queue is not None else 0
+
     def _reconcile(self, key: ServiceKey) -> Outcome:
+        started = time.monotonic()
         try:
             o = self.reconciler.reconcile(key)
+        except StoreError as exc:  # the store is unreachable or refuses: said once, retried
+            o = Outcome(key, requeue_after=5.0, error=f"store: {exc}")
         except Exception as exc:  # a bug must not kill the controller: report, retry later
             log.exception("%s: reconcile failed", key)
             o = Outcome(key, requeue_after=5.0, error=f"internal error: {exc}")
         self._report(o)
+        if self.on_outcome is not None:
+            self.on_outcome(o, time.monotonic() - started)
         return o
 
     def _start_workers(self, queue: WorkQueue[ServiceKey], handle: Callable[[ServiceKey], None],
@@ -134,9 +152,12 @@ class Runtime:
 
     # ------------------------------------------------------------------ continuous
 
-    def run(self, stop: threading.Event) -> None:
+    def run(self, stop: threading.Event, watch: bool = True) -> None:
+        """Until stop is set. watch=False: keys come from `enqueue` (the operator's kopf
+        watch) instead of the store's own watch."""
         store = self.reconciler.store
         queue: WorkQueue[ServiceKey] = WorkQueue()
+        self._queue = queue
         self.reconciler.backends.watch(queue.add)
 
         known: set[ServiceKey] = set()  # keys that requeue themselves (every resync at least)
@@ -153,6 +174,8 @@ class Runtime:
                     log.error("%s", err)
 
         def watch_store() -> None:
+            if not watch:
+                return
             for key in store.watch(stop):
                 queue.add(key)
 

@@ -26,7 +26,7 @@ converge.host.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -97,6 +97,11 @@ class Store(Protocol):
 
     def update_status(self, obj: ManagedService) -> ManagedService:
         """Status only."""
+        ...
+
+    def set_finalizers(self, obj: ManagedService, finalizers: Sequence[str]) -> ManagedService:
+        """metadata.finalizers only (spec untouched, so no new generation), guarded by obj's
+        resourceVersion; removing the last finalizer of a deleting object deletes it."""
         ...
 
     def delete(self, key: ServiceKey, resource_version: str | None = None) -> None:

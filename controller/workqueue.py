@@ -86,6 +86,12 @@ class WorkQueue(Generic[K]):
         with self._cv:
             return len(self._due) + len(self._processing)
 
+    def depth(self) -> int:
+        """Keys due now and not yet handed out (client-go's depth: delayed keys are not in it)."""
+        now = time.monotonic()
+        with self._cv:
+            return sum(1 for when in self._due.values() if when <= now)
+
     def close(self) -> None:
         with self._cv:
             self._closed = True
