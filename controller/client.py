@@ -32,7 +32,7 @@ from converge.conditions import READY
 from converge.filestore import FileStore, default_root
 from converge.host import Host, default_state_dir
 from converge.reconciler import Outcome, Reconciler
-from converge.registry import Backends, KnownKinds
+from converge.registry import Backends, KnownKinds, cluster_backends
 from converge.selector import Selector, parse_selector
 from converge.store import AlreadyExists, Conflict, NotFound, Store, StoreError
 from converge.waiting import WaitFor, parse_wait_for
@@ -118,7 +118,8 @@ class Client:
         from converge.kubestore import KubeStore, context_namespace
 
         store = KubeStore.from_kubeconfig(kubeconfig, context)
-        return cls(store, Host(state_dir or default_state_dir()), converges=False,
+        backends = cluster_backends(str(kubeconfig) if kubeconfig else None, context)
+        return cls(store, Host(state_dir or default_state_dir()), backends, converges=False,
                    default_namespace=context_namespace(kubeconfig, context))
 
     @property

@@ -44,7 +44,7 @@ from converge.host import Host
 from converge.kubestore import PLURAL, KubeStore, api_client
 from converge.metrics import HealthServer, Metrics, serve_metrics
 from converge.reconciler import Reconciler
-from converge.registry import Backends
+from converge.registry import cluster_backends
 from converge.runtime import Runtime
 
 log = logging.getLogger("converge.operator")
@@ -111,7 +111,8 @@ class Operator:
         _load_global_config(opts)
         api = api_client(opts.kubeconfig, opts.context)
         self.store = KubeStore(api, namespaces=opts.namespaces)
-        self.reconciler = Reconciler(self.store, Backends(enabled=set(opts.enabled)), Host(opts.state_dir))
+        self.reconciler = Reconciler(self.store, cluster_backends(opts.kubeconfig, opts.context, set(opts.enabled)),
+                                     Host(opts.state_dir))
         self.runtime = Runtime(self.reconciler, workers=opts.workers, resync=opts.resync)
         self.metrics = Metrics(self.runtime)
         self.events = EventRecorder(api, instance=opts.identity)
@@ -147,6 +148,9 @@ class Operator:
         @kopf.on.startup(registry=reg)
         def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
             settings.peering.standalone = True  # leader election is ours (a Lease)
+            # Our namespaces are names, not globs, and our resource is known: no cluster-wide
+            # scanning of namespaces or CRDs (RBAC on those is not ours to ask for).
+            settings.scanning.disabled = True
             settings.posting.enabled = False  # our Events are about services, not handlers
             settings.watching.server_timeout = 300
             settings.networking.request_timeout = 60

@@ -94,3 +94,17 @@ class Backends:
             made = list(self._made.values())
         for b in made:
             b.close()
+
+
+def cluster_backends(kubeconfig: str | None, context: str | None, enabled: set[str] | None = None) -> Backends:
+    """The backends of a controller working on a cluster: the kubernetes backend talks to
+    the same cluster (kubeconfig and context, or in-cluster) as the store."""
+    preset: dict[str, Backend] = {}
+    if enabled is None or "kubernetes" in enabled:
+        try:
+            from converge.backends.kubernetes import KubernetesBackend
+        except ImportError:  # the kubernetes extra is not installed: reported on use
+            pass
+        else:
+            preset["kubernetes"] = KubernetesBackend.from_kubeconfig(kubeconfig, context)
+    return Backends(preset, enabled)
