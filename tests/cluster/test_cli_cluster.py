@@ -146,3 +146,9 @@ def test_api_errors_are_one_line(kcli: ClusterCLI, control_plane: ControlPlane, 
     assert p.returncode == 1 and "unreachable" in p.stderr and "Traceback" not in p.stderr, p.stderr
     p = kcli("get", "nope", "-n", namespace, check=False)
     assert p.returncode == 1 and 'managedservices "nope" not found' in p.stderr
+
+
+def test_the_kubernetes_example_is_accepted_by_the_api_server(control_plane: ControlPlane, namespace: str) -> None:
+    example = Path(__file__).resolve().parents[2] / "manifests" / "examples-kubernetes"
+    p = control_plane.kubectl("apply", "--dry-run=server", "-n", namespace, "-f", str(example))
+    assert "managedservice.converge.dev/web created (server dry run)" in p.stdout
