@@ -288,3 +288,22 @@ def test_leader_election_one_reconciles_and_a_standby_takes_over(control_plane: 
     took = time.monotonic() - t
     assert took < 6 + 10, took  # the lease duration, plus start-up
     assert copies(cp, "a", namespace) == 1 and copies(cp, "b", namespace) == 1  # no duplicate
+
+
+def test_depends_on_across_objects_and_inactive(control_plane: ControlPlane, namespace: str,
+                                                start_operator: StartOperator) -> None:
+    cp = control_plane
+    start_operator()
+    cp.kubectl("apply", "-f", "-", input=web("api", namespace, dependsOn=["db"]))
+    time.sleep(2)
+    st = msvc(cp, "api", namespace)["status"]
+    ready = next(c for c in st["conditions"] if c["type"] == "Ready")
+    assert ready["status"] == "False" and ready["reason"] == "DependencyNotReady" and "db" in ready["message"]
+    assert not st.get("backend", {}).get("pid")  # nothing started before what it depends on
+    cp.kubectl("apply", "-f", "-", input=web("db", namespace))
+    wait_ready(cp, "db", namespace)
+    wait_ready(cp, "api", namespace)
+    pid = pid_of(cp, "api", namespace)
+    cp.kubectl("patch", "msvc", "api", "-n", namespace, "--type=merge", "-p", '{"spec":{"adminState":"inactive"}}')
+    _until(lambda: msvc(cp, "api", namespace)["status"]["state"] == "inactive", 30, "inactive")
+    assert not alive(pid)
