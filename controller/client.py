@@ -281,16 +281,10 @@ class Client:
         """Request deletion, then converge: deprovisioned first (converge's finalizer), then
         gone. force: forget even if deprovisioning did not finish."""
         key = self.key(name, namespace)
-        self.store.delete(key)  # NotFound propagates
-        done = self.reconcile([key], timeout) if self.converges else self.await_operator([key], timeout)
-        out = done.get(key, Outcome(key))
-        if not out.gone and force:
-            killed = self.reconciler.kill(key) if self.converges else "not stopped (the operator's host)"
-            self._drop_finalizer(key)
-            self.host.forget(key)
-            return Outcome(key, gone=True, settled=True, message=f"forced, {killed}; deprovisioning had not "
-                           f"finished: {out.message or out.state}")
-        return out
+        done, missing = self.delete_many([key], force, timeout)
+        if missing:
+            raise NotFound(str(key))
+        return done[key]
 
     def delete_many(self, keys: Iterable[ServiceKey], force: bool = False, timeout: float = 60.0,
                     ) -> tuple[dict[ServiceKey, Outcome], builtins.list[ServiceKey]]:

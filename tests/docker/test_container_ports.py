@@ -47,23 +47,18 @@ def body(uri: str) -> str:
         return r.read().decode()
 
 
-def test_endpoint_reaches_the_images_exposed_port(engine: Engine, exposed_image: str, cli: CLI,
-                                                   tmp_path: Path) -> None:
+@pytest.mark.parametrize(("name", "command"), [
+    ("exposed", None),  # the image's single EXPOSEd port
+    ("told", ["sh", "-c", "exec busybox httpd -f -p $(PORT) -h /www"]),  # an image without EXPOSE, told the port
+])
+def test_endpoint_without_ports_is_reached(engine: Engine, exposed_image: str, cli: CLI, tmp_path: Path, name: str,
+                                           command: list[str] | None) -> None:
     m = tmp_path / "s.yaml"
-    m.write_text(yaml.safe_dump(service("exposed", exposed_image)))
+    m.write_text(yaml.safe_dump(service(name, exposed_image if command is None else TEST_IMAGE, command)))
     cli("apply", "-f", str(m))
     cli("reconcile", "--timeout", "60s")
-    assert body(cli.obj("exposed")["status"]["endpoint"]["uri"]) == "ok\n"
-    cli("delete", "exposed")
-
-
-def test_port_variable_in_the_command(engine: Engine, cli: CLI, tmp_path: Path) -> None:
-    m = tmp_path / "s.yaml"
-    m.write_text(yaml.safe_dump(service("told", TEST_IMAGE, ["sh", "-c", "exec busybox httpd -f -p $(PORT) -h /www"])))
-    cli("apply", "-f", str(m))
-    cli("reconcile", "--timeout", "60s")
-    assert body(cli.obj("told")["status"]["endpoint"]["uri"]) == "ok\n"
-    cli("delete", "told")
+    assert body(cli.obj(name)["status"]["endpoint"]["uri"]) == "ok\n"
+    cli("delete", name)
 
 
 def test_no_port_to_reach_is_rejected_at_apply(engine: Engine, cli: CLI, tmp_path: Path) -> None:
