@@ -79,6 +79,16 @@ def _has_env(pid: int, entry: bytes) -> bool:
     return data.startswith(entry + b"\0") or (b"\0" + entry + b"\0") in data or data.endswith(b"\0" + entry)
 
 
+def _sweep_temp_files(folder: Path) -> None:
+    """Temp files a crash left (pid file, log rotation): called under the service's lock,
+    when none of ours can be in progress."""
+    with contextlib.suppress(OSError):
+        for e in os.scandir(folder):
+            if e.name.startswith(".") and e.name.endswith(".tmp") and e.is_file(follow_symlinks=False):
+                with contextlib.suppress(OSError):
+                    Path(e.path).unlink()
+
+
 def _create_private(path: Path) -> Any:
     """A new file, 0600, never through a link (O_EXCL | O_NOFOLLOW)."""
     fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
@@ -290,6 +300,7 @@ class DaemonBackend:
             log.warning("%s: stopping %s left by the previous run", target.key, self._describe(leftovers))
             self._stop(None, spec.stopGracePeriodSeconds, target.uid)
         log_path = target.runtime_dir / LOG_FILE
+        _sweep_temp_files(target.runtime_dir)
         rotate_log(log_path, spec.logMaxBytes, spec.logMaxFiles)
         intent = target.runtime_dir / START_INTENT
         intent.unlink(missing_ok=True)

@@ -114,9 +114,12 @@ def test_loose_modes_are_tightened_and_crash_leftovers_removed(cli: CLI, tmp_pat
         d.chmod(0o777)
     leftover = cli.store / "default" / ".a.yaml.4242.deadbeef.tmp"
     leftover.write_text("torn")
+    (cli.store / "_runtime" / "default" / "a").mkdir()
+    runtime_leftover = cli.store / "_runtime" / "default" / "a" / ".daemon.json.cafe.tmp"
+    runtime_leftover.write_text("{")
     cli("apply", "-f", str(tmp_path / "a.yaml"))
     cli("reconcile", "--timeout", "20s")
-    assert not leftover.exists()
+    assert not leftover.exists() and not runtime_leftover.exists()
     for d in (cli.store, cli.store / "default", cli.store / "_runtime", cli.store / "_runtime" / "default",
               cli.store / "_runtime" / "default" / "a"):
         assert stat.S_IMODE(d.stat().st_mode) == 0o700, d
