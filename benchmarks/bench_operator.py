@@ -43,6 +43,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import psutil
 from common import (
     REPO,
     BenchError,
@@ -307,6 +308,20 @@ class Bench:
         self.cp.kubectl("create", "namespace", name)
         return name
 
+    def cpu(self, operator_pid: int) -> dict[str, float]:
+        """CPU seconds (user+system) so far of the operator and of etcd / kube-apiserver
+        (what the phase's work costs, next to its wall time on a shared machine)."""
+        pids = {"operator": operator_pid, **{k: p.pid for k, p in self.cp.procs.items()
+                                             if k in ("etcd", "kube-apiserver")}}
+        out: dict[str, float] = {}
+        for name, pid in pids.items():
+            try:
+                t = psutil.Process(pid).cpu_times()
+            except psutil.Error as exc:
+                raise BenchError(f"cannot read the CPU times of {name} ({pid}): {exc}") from exc
+            out[name] = t.user + t.system
+        return out
+
     def msvcs(self, ns: str) -> list[dict[str, Any]]:
         return self.api.items("converge.dev", "v1alpha1", MSVC, ns)
 
@@ -338,14 +353,16 @@ class Bench:
             path = manifest(floor_docs(ns, n), self.work / "floors.yaml")
             time.sleep(1)
             before = self.api.writes()
+            cpu0 = self.cpu(proc.pid)
             t0 = time.monotonic()
             t_apply = kubectl_apply(self.cp, path)
             t_ready = wait_all_ready(lambda: self.api.items(FLOOR_GROUP, "v1", "floors", ns), n,
                                      self.args.timeout, t0, check=alive)
             at_ready = self.api.writes()
+            cpu = {k: v - cpu0[k] for k, v in self.cpu(proc.pid).items()}
             _, after = wait_quiet(self.api, self.args.quiet, self.args.timeout, t0, resources=("floors", "events"),
                                   check=alive)
-            return {"n": n, "apply_s": t_apply, "apply_to_all_ready_s": t_ready,
+            return {"n": n, "apply_s": t_apply, "apply_to_all_ready_s": t_ready, "cpu_s_to_ready": cpu,
                     "writes_to_ready": diff(at_ready, before, "floors", "events"),
                     "writes_until_quiet": diff(after, before, "floors", "events")}
         finally:
@@ -361,12 +378,14 @@ class Bench:
             path = manifest(msvc_docs(ns, n), self.work / "msvc.yaml")
             time.sleep(2)  # kopf's watch starts
             before = self.api.writes()
+            cpu0 = self.cpu(op.proc.pid)
             t0 = time.monotonic()
             t_apply = kubectl_apply(self.cp, path)
             t_ready = wait_all_ready(lambda: self.msvcs(ns), n, self.args.timeout, t0, check=op.alive)
             at_ready = self.api.writes()
+            cpu = {k: v - cpu0[k] for k, v in self.cpu(op.proc.pid).items()}
             _, after = wait_quiet(self.api, self.args.quiet, self.args.timeout, t0, check=op.alive)
-            return {"n": n, "apply_s": t_apply, "apply_to_all_ready_s": t_ready,
+            return {"n": n, "apply_s": t_apply, "apply_to_all_ready_s": t_ready, "cpu_s_to_ready": cpu,
                     "writes_to_ready": diff(at_ready, before, MSVC, "events"),
                     "writes_until_quiet": diff(after, before, MSVC, "events")}
         finally:
@@ -560,6 +579,13 @@ def _sum(writes: dict[str, int], *keys: str) -> int:
     return sum(writes.get(k, 0) for k in keys)
 
 
+def _cpu(phase: dict[str, Any]) -> list[float | None]:
+    c = phase.get("cpu_s_to_ready")
+    if not c:
+        return [None, None]
+    return [c["operator"], c.get("kube-apiserver", 0.0) + c.get("etcd", 0.0)]
+
+
 def report(r: dict[str, Any]) -> None:
     n = r["params"]["n"]
     print(f"\nN={n}; load average at start {r['loadavg_start']}, at end {r['loadavg_end']}")
@@ -568,18 +594,20 @@ def report(r: dict[str, Any]) -> None:
     if fl:
         w = fl["writes_until_quiet"]
         rows.append(["kopf floor (Ready=True only)", fl["apply_s"], fl["apply_to_all_ready_s"], None,
+                     *_cpu(fl),
                      _sum(w, "PATCH floors") / n, _sum(w, "PATCH floors/status", "PUT floors/status") / n,
                      _sum(w, "POST events", "PATCH events") / n])
     if cv:
         w = cv["writes_until_quiet"]
         ratio = cv["apply_to_all_ready_s"] / fl["apply_to_all_ready_s"] if fl else None
-        rows.append(["converge operator", cv["apply_s"], cv["apply_to_all_ready_s"], ratio,
+        rows.append(["converge operator", cv["apply_s"], cv["apply_to_all_ready_s"], ratio, *_cpu(cv),
                      _sum(w, "PATCH managedservices", "PUT managedservices") / n,
                      _sum(w, "PATCH managedservices/status", "PUT managedservices/status") / n,
                      _sum(w, "POST events", "PATCH events") / n])
     if rows:
         print(f"\n1-2. One kubectl apply of {n} objects -> all Ready (seconds; writes per object until quiet)")
-        print_table(["operator", "kubectl apply", "apply->all Ready", "x floor", "object PATCH/obj",
+        print_table(["operator", "kubectl apply", "apply->all Ready", "x floor", "CPU s operator",
+                     "CPU s apiserver+etcd", "object PATCH/obj",
                      "status writes/obj", "events/obj"], rows)
     bl = r.get("backlog")
     if bl:
