@@ -29,7 +29,7 @@ import click
 if TYPE_CHECKING:
     from converge.api import ManagedService, ServiceKey
     from converge.client import Client
-    from converge.reconciler import Outcome
+    from converge.outcome import Outcome
     from converge.waiting import WaitFor
 
 F = TypeVar("F", bound=Callable[..., Any])

@@ -31,13 +31,14 @@ from converge.backends.errors import BackendError
 from converge.conditions import READY
 from converge.filestore import FileStore, default_root
 from converge.host import Host, default_state_dir
-from converge.reconciler import Outcome, Reconciler
+from converge.outcome import Outcome
 from converge.registry import Backends, KnownKinds, cluster_backends
 from converge.selector import Selector, parse_selector
 from converge.store import AlreadyExists, Conflict, NotFound, Store, StoreError
 from converge.waiting import WaitFor, parse_wait_for
 
 if TYPE_CHECKING:
+    from converge.reconciler import Reconciler
     from converge.runtime import Runtime
 
 APPLY_RETRIES = 20
@@ -93,7 +94,7 @@ class Client:
         self.store = store
         self.host = host
         self.backends = backends or Backends()
-        self.reconciler = Reconciler(store, self.backends, host)
+        self._reconciler: Reconciler | None = None
         self.workers = workers
         self._runtime: Runtime | None = None
         # True: up/down/delete converge here (local mode). False: a controller elsewhere
@@ -121,6 +122,15 @@ class Client:
         backends = cluster_backends(str(kubeconfig) if kubeconfig else None, context)
         return cls(store, Host(state_dir or default_state_dir()), backends, converges=False,
                    default_namespace=context_namespace(kubeconfig, context))
+
+    @property
+    def reconciler(self) -> Reconciler:
+        """Made on first use, like the runtime: `get` and `describe` only read the store."""
+        if self._reconciler is None:
+            from converge.reconciler import Reconciler
+
+            self._reconciler = Reconciler(self.store, self.backends, self.host)
+        return self._reconciler
 
     @property
     def runtime(self) -> Runtime:

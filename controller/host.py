@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -115,4 +114,6 @@ class Host:
         if d.is_symlink():
             d.unlink()
         elif d.is_dir():
+            import shutil  # only here: ~10 ms of start-up for every command otherwise
+
             shutil.rmtree(d, ignore_errors=True)  # rmtree itself never follows links inside

@@ -21,6 +21,7 @@ from converge.backends.errors import BackendError
 from converge.backends.health import probe
 from converge.conditions import is_ready
 from converge.host import Host, UnsafeHost
+from converge.outcome import Outcome
 from converge.probememo import Health, ProbeMemo
 from converge.registry import BACKEND_DISABLED, Backends
 from converge.store import Conflict, CorruptObject, NotFound, Store
@@ -31,18 +32,6 @@ Transition = Callable[[ManagedService, ManagedServiceStatus | None], None]  # (b
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
-
-
-@dataclass(frozen=True)
-class Outcome:
-    key: ServiceKey
-    requeue_after: float | None = None
-    settled: bool = False
-    gone: bool = False  # no longer in the store
-    state: str = ""
-    message: str = ""
-    error: str = ""  # the object could not be read (corrupt) or written
-    probe: Probe | None = None  # healthy: the next look is only this probe (core.Plan.probe_after)
 
 
 @dataclass(frozen=True)

@@ -19,8 +19,9 @@ from collections.abc import Callable, Iterable
 
 from converge.api import ServiceKey
 from converge.concurrency import Gate, Limit
+from converge.outcome import Outcome
 from converge.prober import Prober
-from converge.reconciler import Outcome, Reconciler
+from converge.reconciler import Reconciler
 from converge.store import StoreError
 from converge.supervise import supervised
 from converge.workqueue import WorkQueue
