@@ -18,7 +18,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from converge.api import ManagedService, ManagedServiceStatus, State
-from converge.reconciler import Outcome
+from converge.outcome import Outcome
 from converge.runtime import Runtime
 
 

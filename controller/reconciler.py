@@ -21,7 +21,7 @@ from converge.backends.errors import BackendError
 from converge.backends.health import probe
 from converge.conditions import is_ready
 from converge.host import Host, UnsafeHost
-from converge.outcome import Outcome
+from converge.outcome import Outcome as Outcome  # also converge.reconciler.Outcome, as before
 from converge.probememo import Health, ProbeMemo
 from converge.registry import BACKEND_DISABLED, Backends
 from converge.store import Conflict, CorruptObject, NotFound, Store
