@@ -3,7 +3,8 @@
 The reconciler tells of every status write that changed the state, the Ready reason or
 the restart count (`Reconciler.on_transition`), and of a finished deletion; this module
 names the transition (Provisioned, Healthy, Unhealthy, BackOff, Restarted, Suspended,
-Deprovisioned, BackendDisabled, ...) and posts a core/v1 Event on the object. A resync
+Deprovisioned, BackendDisabled, ...; the pending states on the way get none) and posts
+a core/v1 Event on the object. A resync
 that changes nothing writes no status, so it posts nothing; the same event again within
 ten minutes raises the count of the first (like client-go's correlator) instead of
 adding one. Posting runs on a thread of its own with a bounded queue: a slow or failing
@@ -56,11 +57,7 @@ def describe(before: ManagedService, after: ManagedServiceStatus | None) -> tupl
             return "Normal", "Suspended", message or "adminState is suspended"
         case State.inactive:
             return "Normal", "Deprovisioned", message or "deprovisioned"
-        case State.pending_startup if before.status.state != State.pending_startup:
-            return "Normal", "Starting", message or "starting"
-        case State.pending_shutdown if before.status.state != State.pending_shutdown:
-            return "Normal", "Stopping", message or "stopping"
-    return None
+    return None  # pending_startup / pending_shutdown: the event comes with where they lead
 
 
 class EventRecorder:

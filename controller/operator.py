@@ -126,7 +126,7 @@ class Operator:
         self.stop = threading.Event()
         self.leading = threading.Event()
         self.lost = threading.Event()
-        self.watching = threading.Event()
+        self.watching = threading.Event()  # kopf's ready flag: its watches are up
         self._runtime_thread: threading.Thread | None = None
 
     # ------------------------------------------------------------------ health
@@ -143,7 +143,7 @@ class Operator:
 
     def _registry(self) -> kopf.OperatorRegistry:
         reg = kopf.OperatorRegistry()
-        store, runtime, watching = self.store, self.runtime, self.watching
+        store, runtime = self.store, self.runtime
 
         @kopf.on.startup(registry=reg)
         def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
@@ -161,7 +161,6 @@ class Operator:
 
         @kopf.on.event(API_GROUP, API_VERSION, PLURAL, registry=reg)
         async def on_event(name: str, namespace: str | None, body: kopf.Body, **_: Any) -> None:
-            watching.set()
             if namespace is None:
                 return
             key = ServiceKey(namespace, name)
@@ -205,6 +204,8 @@ class Operator:
     def run(self) -> int:
         opts = self.opts
         faulthandler.register(signal.SIGUSR1, all_threads=True)  # kill -USR1: every thread's stack
+        # kopf says "Handler ... succeeded" for every watch event: not news at 1,000 objects.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
         health = HealthServer(opts.health_port, self.alive, self.ready) if opts.health_port else None
         if health is not None:
             health.start()
@@ -225,7 +226,8 @@ class Operator:
             # lease sends this process a SIGTERM. (A threading.Event as kopf's stop flag would
             # be waited for in an executor thread that asyncio.run then waits for in turn.)
             asyncio.run(kopf.operator(registry=self._registry(), clusterwide=not opts.namespaces,
-                                      namespaces=list(opts.namespaces), standalone=True))
+                                      namespaces=list(opts.namespaces), standalone=True,
+                                      ready_flag=self.watching))
         finally:
             self.stop.set()
             if self._runtime_thread is not None:

@@ -307,3 +307,8 @@ def test_depends_on_across_objects_and_inactive(control_plane: ControlPlane, nam
     cp.kubectl("patch", "msvc", "api", "-n", namespace, "--type=merge", "-p", '{"spec":{"adminState":"inactive"}}')
     _until(lambda: msvc(cp, "api", namespace)["status"]["state"] == "inactive", 30, "inactive")
     assert not alive(pid)
+
+
+def test_ready_before_any_object_exists(start_operator: StartOperator) -> None:
+    op = start_operator()  # its namespace holds no ManagedService
+    _until(lambda: op.get(op.health, "/readyz")[0] == 200, 30, "/readyz")
