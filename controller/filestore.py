@@ -406,21 +406,27 @@ class FileStore:
 
     # ------------------------------------------------------------------ watch
 
-    def _scan(self, ns: str) -> dict[str, int]:
-        """Object file name -> inode, from the directory listing alone (no stat per file):
-        every write renames a new file into place, so a new inode is a changed object."""
+    def _scan(self, ns: str) -> dict[str, _Sig]:
+        """Object file name -> (inode, mtime, size) of a folder that changed. Every write
+        renames a new file into place, but the filesystem reuses a freed inode number at
+        once (write 3 may get write 1's inode), so the inode alone can miss a change."""
+        out: dict[str, _Sig] = {}
         try:
             with os.scandir(self.root / ns) as it:
-                return {e.name: e.inode() for e in it if e.name.endswith(".yaml") and not e.name.startswith(".")}
+                for e in it:
+                    if e.name.endswith(".yaml") and not e.name.startswith("."):
+                        with contextlib.suppress(FileNotFoundError):
+                            out[e.name] = _sig(e.stat(follow_symlinks=False))
         except FileNotFoundError:
-            return {}
+            pass
+        return out
 
     def watch(self, stop: object, interval: float = 0.25) -> Iterator[ServiceKey]:
         """Keys whose objects others changed (created, updated, deleted).
 
         Every write renames a file into its namespace folder, which changes the folder's
         mtime: each tick stats the folders, and lists again only those that changed,
-        comparing inodes (no stat per file). A change this instance made itself (the
+        comparing each file's (inode, mtime, size). A change this instance made itself (the
         controller's own status writes) is not reported: the writer already knows, and
         reporting it would cost one more reconcile per write. An idle store costs a few
         stat calls per tick.
@@ -468,20 +474,15 @@ class FileStore:
                     if not self._own_change(self.root / ns / name, cur.get(name)):
                         yield ServiceKey(ns, name[:-5])
 
-    def _own_change(self, path: Path, inode: int | None) -> bool:
+    def _own_change(self, path: Path, sig: _Sig | None) -> bool:
         """Whether the file is as this instance last left it (written or deleted)."""
         with self._mu:
             if path not in self._own:
                 return False
             own = self._own[path]
-            if own is None or inode is None:
-                if own is None and inode is None:
+            if own is None or sig is None:
+                if own is None and sig is None:
                     del self._own[path]  # our delete, seen: forget it
                     return True
                 return False
-        if own[0] != inode:
-            return False
-        try:
-            return _sig(path.stat()) == own  # inode numbers are reused: compare mtime and size too
-        except FileNotFoundError:
-            return False
+        return own == sig
