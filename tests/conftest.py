@@ -15,6 +15,16 @@ import psutil
 import pytest
 
 BIN = Path(sys.executable).parent
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """SIGTERM (a CI runner's stop) ends the run like Ctrl-C, so fixtures still clean up."""
+    import signal
+
+    def interrupt(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
 CONVERGE = str(BIN / "converge")
 
 

@@ -16,6 +16,15 @@ PY = sys.executable
 HTTP_SERVER = str(Path(__file__).resolve().parent / "programs" / "httpd.py")
 
 
+def die_with_parent() -> None:
+    """preexec_fn of a test's background daemon (dockerd, etcd, kube-apiserver): SIGKILL it
+    when the test process goes away, even killed, so nothing outlives an interrupted run."""
+    import ctypes
+    import signal
+
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -13,7 +13,6 @@ wraps it).
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import secrets
 import shutil
@@ -28,10 +27,11 @@ import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from tests.helpers import die_with_parent
+
 CACHE = Path(os.environ.get("CONVERGE_CACHE", Path.home() / ".cache" / "converge"))
 BIN = CACHE / "bin"
 TOOLS = ("etcd", "kube-apiserver", "kube-controller-manager")
-_PR_SET_PDEATHSIG = 1
 
 
 class ControlPlaneError(RuntimeError):
@@ -49,12 +49,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def _die_with_parent() -> None:
-    """In the child before exec: SIGKILL when the test process goes away."""
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def _openssl(*args: str, cwd: Path) -> None:
@@ -119,7 +113,7 @@ current-context: test
     def _start(self, name: str, argv: Sequence[str]) -> None:
         log = (self.root / f"{name}.log").open("wb")
         self.procs[name] = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                            cwd=self.root, start_new_session=True, preexec_fn=_die_with_parent)
+                                            cwd=self.root, start_new_session=True, preexec_fn=die_with_parent)
         log.close()
 
     def start(self, timeout: float = 60.0) -> None:

@@ -16,7 +16,8 @@ import signal
 import subprocess
 import time
 
-from tests.cluster.controlplane import BIN, CACHE, ControlPlane, ControlPlaneError, _die_with_parent, free_port
+from tests.cluster.controlplane import BIN, CACHE, ControlPlane, ControlPlaneError, free_port
+from tests.helpers import die_with_parent
 
 NODE = "kwok-node-0"
 LOG_LINES = ("first line from kwok", "second line from kwok")  # every container's log
@@ -49,7 +50,7 @@ class FakeNodes:
         env = {**os.environ, "HOME": str(self.root)}  # no ~/.kwok/kwok.yaml of the user
         self.procs[name] = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                             cwd=self.root, env=env, start_new_session=True,
-                                            preexec_fn=_die_with_parent)
+                                            preexec_fn=die_with_parent)
         log.close()
 
     def start(self, timeout: float = 60.0) -> None:

@@ -28,6 +28,8 @@ from typing import Any
 
 import docker
 
+from tests.helpers import die_with_parent
+
 BUSYBOX = Path("/bin/busybox")
 TEST_IMAGE = "converge-test/busybox:1"
 
@@ -113,7 +115,8 @@ class Engine:
         log = self.log_path.open("ab")
         try:
             self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, start_new_session=True)
+                                         stdin=subprocess.DEVNULL, start_new_session=True,
+                                         preexec_fn=die_with_parent)
         finally:
             log.close()
         deadline = time.monotonic() + timeout
