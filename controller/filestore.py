@@ -306,6 +306,14 @@ class FileStore:
         except NotFound:
             return None
 
+    def _checked(self, obj: ManagedService) -> ManagedService:
+        """The stored object obj was read from (NotFound, or Conflict when it changed)."""
+        cur = self._current(obj.key)
+        if cur is None:
+            raise NotFound(str(obj.key))
+        self._check(cur, obj)
+        return cur
+
     @staticmethod
     def _check(cur: ManagedService, obj: ManagedService) -> None:
         if obj.metadata.resourceVersion is not None and obj.metadata.resourceVersion != cur.metadata.resourceVersion:
@@ -327,10 +335,7 @@ class FileStore:
 
     def update(self, obj: ManagedService) -> ManagedService:
         with self._writer():
-            cur = self._current(obj.key)
-            if cur is None:
-                raise NotFound(str(obj.key))
-            self._check(cur, obj)
+            cur = self._checked(obj)
             new = cur.model_copy(deep=True)
             new.metadata = obj.metadata.model_copy(deep=True)
             for k in ("uid", "creationTimestamp", "generation", "deletionTimestamp"):
@@ -353,20 +358,14 @@ class FileStore:
 
     def set_finalizers(self, obj: ManagedService, finalizers: Sequence[str]) -> ManagedService:
         with self._writer():
-            cur = self._current(obj.key)
-            if cur is None:
-                raise NotFound(str(obj.key))
-            self._check(cur, obj)
+            cur = self._checked(obj)
             new = cur.model_copy(deep=True)
             new.metadata.finalizers = list(finalizers)
         return self.update(new)  # the same rules as any metadata change (re-checked under the lock)
 
     def update_status(self, obj: ManagedService) -> ManagedService:
         with self._writer():
-            cur = self._current(obj.key)
-            if cur is None:
-                raise NotFound(str(obj.key))
-            self._check(cur, obj)
+            cur = self._checked(obj)
             if cur.status == obj.status:
                 return cur
             new = cur.model_copy(deep=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import socket
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -23,6 +24,24 @@ def die_with_parent() -> None:
     import signal
 
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def stop_group(p: subprocess.Popen[bytes], grace: float = 10.0) -> None:
+    """SIGTERM a background daemon's process group, SIGKILL after the grace period."""
+    import contextlib
+    import os
+    import signal
+
+    if p.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(p.pid, signal.SIGTERM)
+    try:
+        p.wait(grace)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(p.pid, signal.SIGKILL)
+        p.wait(grace)
 
 
 def free_port() -> int:

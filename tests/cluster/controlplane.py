@@ -12,11 +12,9 @@ wraps it).
 
 from __future__ import annotations
 
-import contextlib
 import os
 import secrets
 import shutil
-import signal
 import socket
 import ssl
 import subprocess
@@ -27,7 +25,7 @@ import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from tests.helpers import die_with_parent
+from tests.helpers import die_with_parent, stop_group
 
 CACHE = Path(os.environ.get("CONVERGE_CACHE", Path.home() / ".cache" / "converge"))
 BIN = CACHE / "bin"
@@ -223,16 +221,8 @@ current-context: test
     def close(self) -> None:
         for name in ("kube-controller-manager", "kube-apiserver", "etcd"):
             p = self.procs.get(name)
-            if p is None or p.poll() is not None:
-                continue
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(p.pid, signal.SIGTERM)
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(p.pid, signal.SIGKILL)
-                p.wait(10)
+            if p is not None:
+                stop_group(p)
         self.procs.clear()
         shutil.rmtree(self.root, ignore_errors=True)
 

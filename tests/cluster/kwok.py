@@ -9,15 +9,13 @@ makes pods, the scheduler binds them, kwok marks them Running and Ready. No pyte
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import signal
 import subprocess
 import time
 
 from tests.cluster.controlplane import BIN, CACHE, ControlPlane, ControlPlaneError, free_port
-from tests.helpers import die_with_parent
+from tests.helpers import die_with_parent, stop_group
 
 NODE = "kwok-node-0"
 LOG_LINES = ("first line from kwok", "second line from kwok")  # every container's log
@@ -103,16 +101,7 @@ class FakeNodes:
 
     def close(self) -> None:
         for p in self.procs.values():
-            if p.poll() is not None:
-                continue
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(p.pid, signal.SIGTERM)
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(p.pid, signal.SIGKILL)
-                p.wait(10)
+            stop_group(p)
         self.procs.clear()
         self.cp.kubectl("delete", "node", NODE, "--wait=false", check=False)
 
