@@ -612,7 +612,10 @@ def run(c: Ctx, workers: int, resync: str, metrics_port: int) -> None:
 
     rt = Runtime(c.client.reconciler, workers=workers, resync=parse_duration(resync))
     if metrics_port:
-        from converge.metrics import Metrics, serve_metrics
+        try:
+            from converge.metrics import Metrics, serve_metrics
+        except ImportError as exc:
+            fail(f"--metrics-port needs prometheus-client ({exc}): pip install 'converge[metrics]'")
 
         metrics = Metrics(rt)
         rt.on_outcome = metrics.observe
