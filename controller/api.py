@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import ipaddress
 import math
-import re
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
@@ -29,6 +28,15 @@ from pydantic import (
     model_validator,
 )
 
+from converge.names import BACKEND_KINDS as BACKEND_KINDS
+from converge.names import DNS1123_LABEL as DNS1123_LABEL
+from converge.names import DNS1123_LABEL_HINT, DNS1123_LABEL_PATTERN
+from converge.names import MAX_OBJECT_BYTES as MAX_OBJECT_BYTES
+from converge.names import InvalidName as InvalidName
+from converge.names import ServiceKey as ServiceKey
+from converge.names import check_name as check_name
+from converge.names import is_dns_label as is_dns_label
+
 API_GROUP = "converge.dev"
 API_VERSION = "v1alpha1"
 GROUP_VERSION = f"{API_GROUP}/{API_VERSION}"
@@ -36,10 +44,8 @@ KIND = "ManagedService"
 # converge's finalizer: added before anything is provisioned, removed once deprovisioned.
 FINALIZER = "converge.dev/deprovision"
 
-# Bounds on what a manifest may hold. Like etcd's request limit, an object (as written)
-# is at most MAX_OBJECT_BYTES; converge.manifest checks the expanded YAML against the same
-# bound before building anything from it.
-MAX_OBJECT_BYTES = 1024 * 1024
+# Bounds on what a manifest may hold; an object (as written) is at most MAX_OBJECT_BYTES
+# (converge.names).
 MAX_PATH = 4096
 MAX_ARG = 32 * 1024  # one argv element or env value (Linux allows 128 KiB)
 MAX_ITEMS = 1024  # argv elements, env entries, ports, volumes, dependsOn, outputs ...
@@ -47,7 +53,6 @@ MAX_ITEMS = 1024  # argv elements, env entries, ports, volumes, dependsOn, outpu
 # Every pattern is anchored (^...$): pydantic-core searches with `pattern`, and `$` is
 # the end of the text there (no match before a trailing newline), so these are full
 # matches, in the file store and in the CRD's openAPIV3Schema alike.
-DNS1123_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 LABEL_KEY_PATTERN = (r"^([a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?/)?"
                      r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
 LABEL_VALUE_PATTERN = r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$"
@@ -71,8 +76,7 @@ TF_LOG_PATTERN = r"^(TRACE|DEBUG|INFO|WARN|ERROR|OFF|JSON|trace|debug|info|warn|
 
 # What a pattern means, for error messages (converge.validation).
 PATTERN_HINTS = {
-    DNS1123_LABEL_PATTERN: "must be a DNS-1123 label: at most 63 lowercase letters, digits and '-', "
-                           "starting and ending with a letter or digit",
+    DNS1123_LABEL_PATTERN: DNS1123_LABEL_HINT,
     LABEL_KEY_PATTERN: "is not a valid label key ([prefix/]name: name at most 63 letters, digits, "
                        "'-', '_', '.', starting and ending with a letter or digit)",
     LABEL_VALUE_PATTERN: "is not a valid label value (at most 63 letters, digits, '-', '_', '.', "
@@ -129,26 +133,6 @@ def cel_rule(rule: str, message: str) -> dict[str, Any]:
 def cel(rule: str, message: str) -> ConfigDict:
     """A model's cross-field rule in CEL (see cel_rule), next to its model_validator."""
     return ConfigDict(json_schema_extra=cel_rule(rule, message))
-
-
-DNS1123_LABEL = re.compile(DNS1123_LABEL_PATTERN)
-
-
-def is_dns_label(value: str) -> bool:
-    """Full match (re.match's `$` would accept a trailing newline)."""
-    return len(value) <= 63 and DNS1123_LABEL.fullmatch(value) is not None
-
-
-class InvalidName(ValueError):
-    """A namespace or name given outside a manifest is not a DNS-1123 label."""
-
-
-def check_name(value: str, what: str = "name") -> str:
-    """A namespace or name given outside a manifest (a CLI flag or argument, a client
-    call): never a path into or out of the store."""
-    if not is_dns_label(value):
-        raise InvalidName(f"{what} {value[:80]!r} {PATTERN_HINTS[DNS1123_LABEL_PATTERN]}")
-    return value
 
 
 # --------------------------------------------------------------------------- metadata
@@ -437,9 +421,6 @@ class KubernetesBackend(Model):
         return v
 
 
-BACKEND_KINDS = ("daemon", "container", "terraform", "kubernetes")
-
-
 class Backend(Model):
     """Exactly one of the fields is set."""
 
@@ -647,21 +628,3 @@ class ManagedService(Model):
     def dump(self) -> dict[str, Any]:
         """The object as it is written: aliases, no None values."""
         return self.model_dump(mode="json", by_alias=True, exclude_none=True)
-
-
-class ServiceKey(tuple[str, str]):
-    """(namespace, name): what queues hold and stores index by."""
-
-    def __new__(cls, namespace: str, name: str) -> ServiceKey:
-        return super().__new__(cls, (namespace, name))
-
-    @property
-    def namespace(self) -> str:
-        return self[0]
-
-    @property
-    def name(self) -> str:
-        return self[1]
-
-    def __str__(self) -> str:
-        return f"{self[0]}/{self[1]}"

@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import wraps
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
@@ -78,9 +79,9 @@ def make_client(store: str | None, kubeconfig: str | None = None, context: str |
 
 def _error_exit(exc: Exception, code: int = 1) -> NoReturn:
     """Known errors as one line each; anything else propagates (a bug: show the traceback)."""
-    from converge.api import InvalidName
     from converge.client import NotStarted, WaitTimeout
     from converge.manifest import ManifestError
+    from converge.names import InvalidName
     from converge.selector import SelectorError
     from converge.store import NotFound, StoreError
 
@@ -143,9 +144,18 @@ class Ctx:
         return "default"
 
     def key(self, name: str) -> ServiceKey:
-        from converge.api import ServiceKey, check_name
+        from converge.names import ServiceKey, check_name
 
         return ServiceKey(self.ns, check_name(name))  # a name is never a path
+
+    @property
+    def local_root(self) -> Path | None:
+        """The file store's folder (as Client.local has it), or None for a cluster."""
+        if uses_cluster(self.store_path, self.kubeconfig, self.context):
+            return None
+        from converge.storefiles import default_root
+
+        return (Path(self.store_path) if self.store_path is not None else default_root()).absolute()
 
 
 def _set_global(attr: str) -> Callable[[click.Context, click.Parameter, Any], None]:
@@ -162,7 +172,7 @@ def _set_global(attr: str) -> Callable[[click.Context, click.Parameter, Any], No
         if obj is None:
             obj = ctx.ensure_object(Ctx)
         if attr == "namespace":  # never a path into or out of the store
-            from converge.api import InvalidName, check_name
+            from converge.names import InvalidName, check_name
 
             try:
                 for ns in value:
@@ -344,19 +354,43 @@ def _parse_output(output: str | None) -> tuple[str | None, Any]:
     raise click.BadParameter(f"{output!r}: use one of {OUTPUTS}", param_hint="'-o'")
 
 
-def _render(items: list[ManagedService], fmt: str | None, columns: Any, single: bool, namespaces: bool,
+def _render(items: list[dict[str, Any]], fmt: str | None, columns: Any, single: bool, namespaces: bool,
             header: bool = True) -> str:
+    """Objects as written (ManagedService.dump(), or a stored file's JSON) as `get` shows them."""
     from converge import printers
 
     if fmt in ("yaml", "json"):
         return printers.dump(items, fmt, single=single)
     if fmt == "name":
-        return "\n".join(f"managedservice/{s.metadata.name}" for s in items)
+        return "\n".join(f"managedservice/{s['metadata']['name']}" for s in items)
     if fmt == "custom-columns":
         from converge.columns import render
 
         return render(columns, [printers.shown(s) for s in items], header=header)
     return printers.table(items, wide=fmt == "wide", namespaces=namespaces, header=header)
+
+
+def _get_doc(c: Ctx, name: str) -> dict[str, Any]:
+    """A service as written. The file store's objects are read without the API models
+    (converge.storefiles): `get` needs no pydantic for what converge wrote itself."""
+    key = c.key(name)
+    root = c.local_root
+    if root is None:
+        return c.client.store.get(key).dump()
+    from converge.storefiles import document, object_path
+
+    return document(key, object_path(root, key))
+
+
+def _list_docs(c: Ctx, namespace: str | None, sel: Any) -> tuple[list[dict[str, Any]], list[Exception]]:
+    root = c.local_root
+    if root is None:
+        listed = c.client.store.list(namespace, sel)
+        return [o.dump() for o in listed.items], list(listed.errors)
+    from converge.storefiles import documents
+
+    docs, errors = documents(root, namespace, lambda d: sel.matches(d["metadata"].get("labels") or {}))
+    return docs, list(errors)
 
 
 @cli.command()
@@ -377,17 +411,16 @@ def get(c: Ctx, names: tuple[str, ...], selector: str | None, output: str | None
     fmt, columns = _parse_output(output)
     sel = parse_selector(selector)
     missing: list[str] = []
+    items: list[dict[str, Any]] = []
     if names:
-        items = []
         for n in dict.fromkeys(names):
             try:
-                items.append(c.client.get(n, c.ns))
+                items.append(_get_doc(c, n))
             except NotFound:
                 missing.append(n)
     else:
-        listed = c.client.store.list(None if all_namespaces else c.ns, sel)
-        items = listed.items
-        for e in listed.errors:
+        items, errors = _list_docs(c, None if all_namespaces else c.ns, sel)
+        for e in errors:
             click.echo(f"warning: {e}", err=True)
     if items:
         click.echo(_render(items, fmt, columns, single=len(names) == 1, namespaces=all_namespaces))
@@ -423,7 +456,7 @@ def _watch(c: Ctx, names: tuple[str, ...], sel: Any, all_namespaces: bool, fmt: 
                 continue
             if not wanted and not sel.matches(obj.metadata.labels):
                 continue
-            click.echo(_render([obj], fmt, columns, single=True, namespaces=all_namespaces, header=header))
+            click.echo(_render([obj.dump()], fmt, columns, single=True, namespaces=all_namespaces, header=header))
             header = False
     except KeyboardInterrupt:
         stop.set()
@@ -657,8 +690,6 @@ def operator(c: Ctx, all_namespaces: bool, enable: tuple[str, ...],
     given with -n/--namespace (repeatable; needs only namespaced RBAC) or of all of them
     (--all-namespaces, the default), with in-cluster config or
     --kubeconfig/--context/$KUBECONFIG. SIGTERM stops it gracefully; services keep running."""
-    from pathlib import Path
-
     from converge.operator import DEFAULT_BACKENDS, Options
     from converge.operator import run as run_operator
 

@@ -32,7 +32,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import stat
 import threading
 import time
 import uuid
@@ -43,12 +42,17 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from converge.api import MAX_OBJECT_BYTES, ManagedService, ServiceKey
+from converge import storefiles
+from converge.api import ManagedService, ServiceKey
 from converge.fielderrors import format_validation_error
 from converge.selector import Selector
 from converge.store import AlreadyExists, Conflict, CorruptObject, Invalid, ListResult, NotFound, StoreError
+from converge.storefiles import Raw, default_root
 
-_Sig = tuple[int, int, int]
+__all__ = ["FileStore", "UnsafeStore", "default_root", "parse"]
+
+_Sig = storefiles.Sig
+_sig = storefiles.sig
 RECENT_NS = 1_000_000_000  # see FileStore.watch
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _TMP_SUFFIX = ".tmp"
@@ -59,12 +63,29 @@ class UnsafeStore(StoreError):
     write through it (it would write outside the store)."""
 
 
-def default_root() -> Path:
-    return Path(os.environ.get("CONVERGE_STORE", ".converge"))
+def _encode(obj: ManagedService) -> bytes:
+    """An object file's content: the model's canonical JSON (= ManagedService.dump())."""
+    return (obj.model_dump_json(by_alias=True, exclude_none=True, indent=2) + "\n").encode()
 
 
-def _sig(st: os.stat_result) -> _Sig:
-    return (st.st_ino, st.st_mtime_ns, st.st_size)
+def _canonical(data: bytes) -> bool:
+    """Whether data is a valid object that validates back to the same bytes: what a
+    stamp vouches for (see converge.storefiles)."""
+    try:
+        return _encode(ManagedService.model_validate_json(data)) == data
+    except ValidationError:
+        return False
+
+
+def parse(path: str, raw: Raw, key: ServiceKey) -> ManagedService:
+    """The object of `key` in a file's bytes, validated (CorruptObject if it is not one,
+    or holds another key); a valid canonical file not stamped yet is stamped."""
+    obj = _parse(path, raw.data, key)
+    if obj.key != key:
+        raise CorruptObject(path, f"holds {obj.key}, expected {key}", key)
+    if not raw.stamped and _encode(obj) == raw.data:
+        storefiles.stamp_path(path, raw.sig, raw.data)
+    return obj
 
 
 def _parse(path: str, raw: bytes, key: ServiceKey) -> ManagedService:
@@ -151,11 +172,7 @@ class FileStore:
         return self.root / key.namespace / f"{key.name}.yaml"
 
     def namespaces(self) -> list[str]:
-        try:
-            return sorted(e.name for e in os.scandir(self.root)  # a linked folder is no namespace
-                          if e.is_dir(follow_symlinks=False) and not e.name.startswith((".", "_")))
-        except FileNotFoundError:
-            return []
+        return storefiles.namespaces(self.root)
 
     # ------------------------------------------------------------------ reading
 
@@ -163,46 +180,15 @@ class FileStore:
         """The object of `key` stored at `path` (a str: pathlib is most of a cached get);
         parsed only when the file changed. `folder_checked`: the caller knows the
         namespace folder is no link."""
-        try:
-            st = os.lstat(path)
-        except FileNotFoundError:
-            raise NotFound(str(key)) from None
-        except OSError as exc:
-            raise CorruptObject(path, f"cannot read: {exc.strerror}", key) from None
-        if not stat.S_ISREG(st.st_mode):  # a folder, a link, a fifo ... where an object should be
-            what = "a link (never followed)" if stat.S_ISLNK(st.st_mode) else "not a regular file"
-            raise CorruptObject(path, what, key)
-        folder = os.path.dirname(path)  # noqa: PTH120 - str paths on the hot path
-        if not folder_checked and os.path.islink(folder):  # noqa: PTH114
-            raise CorruptObject(path, f"{folder} is a link (never followed)", key)
-        sig = _sig(st)
+        sig = storefiles.check(key, path, folder_checked)
         with self._mu:
             hit = self._cache.get(key)
         if hit is not None and hit[0] == sig:
             return hit[1]
-        if st.st_size > 2 * MAX_OBJECT_BYTES:
-            raise CorruptObject(path, f"{st.st_size} bytes, more than an object can be", key)
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-        except FileNotFoundError:
-            raise NotFound(str(key)) from None
-        except OSError as exc:
-            raise CorruptObject(path, f"cannot read: {exc.strerror}", key) from None
-        try:
-            opened = os.fstat(fd)  # the file read (a writer may have renamed another into place)
-            if not stat.S_ISREG(opened.st_mode) or opened.st_size > 2 * MAX_OBJECT_BYTES:
-                raise CorruptObject(path, "not a regular file of at most an object's size", key)
-            sig = _sig(opened)
-            raw = os.read(fd, opened.st_size + 1)  # its size, not the limit: no 2 MB buffer per read
-        except OSError as exc:
-            raise CorruptObject(path, f"cannot read: {exc.strerror}", key) from None
-        finally:
-            os.close(fd)
-        obj = _parse(path, raw, key)
-        if obj.key != key:
-            raise CorruptObject(path, f"holds {obj.key}, expected {key}", key)
+        raw = storefiles.read(key, path)
+        obj = parse(path, raw, key)
         with self._mu:
-            self._cache[key] = (sig, obj)
+            self._cache[key] = (raw.sig, obj)
         return obj
 
     def get(self, key: ServiceKey) -> ManagedService:
@@ -213,30 +199,20 @@ class FileStore:
 
     def list(self, namespace: str | None = None, selector: Selector | None = None) -> ListResult:
         out = ListResult()
-        for ns in [namespace] if namespace else self.namespaces():
-            if (self.root / ns).is_symlink():
-                out.errors.append(CorruptObject(str(self.root / ns), "a link (never followed)", None))
+        for found in storefiles.object_files(self.root, namespace):
+            if isinstance(found, CorruptObject):
+                out.errors.append(found)
                 continue
+            key, path = found
             try:
-                entries = sorted(os.scandir(self.root / ns), key=lambda e: e.name)
-            except FileNotFoundError:
+                obj = self._read(key, path, folder_checked=True)
+            except NotFound:
                 continue
-            except OSError as exc:
-                out.errors.append(CorruptObject(str(self.root / ns), f"cannot read: {exc.strerror}", None))
+            except CorruptObject as exc:
+                out.errors.append(exc)
                 continue
-            for e in entries:
-                if not e.name.endswith(".yaml") or e.name.startswith("."):
-                    continue
-                key = ServiceKey(ns, e.name[:-5])
-                try:
-                    obj = self._read(key, e.path, folder_checked=True)
-                except NotFound:
-                    continue
-                except CorruptObject as exc:
-                    out.errors.append(exc)
-                    continue
-                if selector is None or selector.matches(obj.metadata.labels):
-                    out.items.append(obj)
+            if selector is None or selector.matches(obj.metadata.labels):
+                out.items.append(obj)
         return out
 
     # ------------------------------------------------------------------ writing
@@ -272,7 +248,7 @@ class FileStore:
     def _write(self, obj: ManagedService) -> ManagedService:
         path = self.path(obj.key)
         self._ensure_dir(path.parent)
-        data = (obj.model_dump_json(by_alias=True, exclude_none=True, indent=2) + "\n").encode()  # = dump()
+        data = _encode(obj)
         tmp = f".{path.name}.{uuid.uuid4().hex}{_TMP_SUFFIX}"  # unique: no name to plant a link at
         dfd = self._open_dir(path.parent)  # every step relative to the folder: no link followed
         try:
@@ -282,6 +258,8 @@ class FileStore:
                 view = memoryview(data)
                 while view:
                     view = view[os.write(fd, view):]
+                if _canonical(data):  # valid as written: readers may trust it unvalidated
+                    storefiles.stamp_fd(fd, data)
                 os.fsync(fd)
                 sig = _sig(os.fstat(fd))  # a rename keeps inode, mtime and size
             except BaseException:

@@ -1,14 +1,24 @@
-"""How the CLI shows services: tables, describe, yaml/json. Pure (strings in, strings out)."""
+"""How the CLI shows services: tables, describe, yaml/json. Pure (strings in, strings out).
+
+Tables, names, custom columns and yaml/json work on an object as it is written (a dict:
+ManagedService.dump(), or a stored object file's JSON), so `converge get` needs no API
+model; describe takes the model.
+"""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from converge.api import ManagedService
-from converge.conditions import READY
+from converge.names import BACKEND_KINDS
+
+if TYPE_CHECKING:
+    from converge.api import ManagedService
+
+Doc = dict[str, Any]  # an object as written: ManagedService.dump()
+READY = "Ready"  # converge.conditions.READY (that module imports the API models)
 
 
 def age(then: datetime | None, now: datetime | None = None) -> str:
@@ -24,14 +34,35 @@ def age(then: datetime | None, now: datetime | None = None) -> str:
     return f"{secs // 86400}d"
 
 
-def _ready(svc: ManagedService) -> str:
-    c = svc.status.condition(READY)
-    return c.status if c is not None else "Unknown"
+def _when(text: Any) -> datetime | None:
+    """A timestamp as written (RFC 3339; pydantic writes UTC as `Z`)."""
+    if not isinstance(text, str):
+        return None
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
-def _endpoint(svc: ManagedService) -> str:
-    ep = svc.status.endpoint
-    return ep.uri if ep is not None and ep.uri else "<none>"
+def _ready_condition(status: Doc) -> Doc | None:
+    return next((c for c in status.get("conditions") or () if c.get("type") == READY), None)
+
+
+def _ready(status: Doc) -> str:
+    c = _ready_condition(status)
+    return str(c.get("status", "Unknown")) if c is not None else "Unknown"
+
+
+def _endpoint(status: Doc) -> str:
+    ep = status.get("endpoint") or {}
+    return ep.get("uri") or "<none>"
+
+
+def backend_kind(spec: Doc) -> str:
+    """spec.backend's one key, as ManagedService.spec.backend.kind."""
+    backend = spec.get("backend") or {}
+    return next((k for k in BACKEND_KINDS if backend.get(k) is not None), next(iter(backend), ""))
 
 
 REASON_WIDTH = 80
@@ -46,15 +77,15 @@ def cut(text: str, width: int) -> str:
     return first + ("…" if len(lines) > 1 else "")
 
 
-def _reason(svc: ManagedService) -> str:
-    c = svc.status.condition(READY)
+def _reason(status: Doc) -> str:
+    c = _ready_condition(status)
     if c is None:
         return ""
-    return cut(c.reason + (f": {c.message}" if c.message else ""), REASON_WIDTH)
+    message = c.get("message") or ""
+    return cut(str(c.get("reason", "")) + (f": {message}" if message else ""), REASON_WIDTH)
 
 
-def table(items: Sequence[ManagedService], wide: bool = False, namespaces: bool = False,
-          header: bool = True) -> str:
+def table(items: Sequence[Doc], wide: bool = False, namespaces: bool = False, header: bool = True) -> str:
     head = ["NAME", "STATE", "READY", "BACKEND", "ENDPOINT"]
     if wide:
         head += ["RESTARTS", "AGE", "REASON"]
@@ -63,11 +94,14 @@ def table(items: Sequence[ManagedService], wide: bool = False, namespaces: bool 
     if namespaces:
         head = ["NAMESPACE", *head]
     rows = [head]
+    now = datetime.now(UTC)
     for s in items:
-        row = [s.metadata.name, s.status.state.value, _ready(s), s.spec.backend.kind, _endpoint(s)]
-        row += [str(s.status.restarts), age(s.metadata.creationTimestamp), _reason(s)] if wide else [
-            age(s.metadata.creationTimestamp)]
-        rows.append([s.metadata.namespace, *row] if namespaces else row)
+        meta, status = s["metadata"], s.get("status") or {}
+        created = _when(meta.get("creationTimestamp"))
+        row = [meta["name"], str(status.get("state", "inactive")), _ready(status), backend_kind(s.get("spec") or {}),
+               _endpoint(status)]
+        row += [str(status.get("restarts", 0)), age(created, now), _reason(status)] if wide else [age(created, now)]
+        rows.append([meta.get("namespace", "default"), *row] if namespaces else row)
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     lines = ["   ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
     return "\n".join(lines if header else lines[1:])
@@ -97,16 +131,16 @@ def _seconds(node: Any) -> Any:
     return out
 
 
-def shown(svc: ManagedService) -> dict[str, Any]:
-    """The object as `get -o yaml|json|custom-columns` show it."""
-    data = svc.dump()
+def shown(doc: Doc) -> Doc:
+    """The object (as written) as `get -o yaml|json|custom-columns` show it."""
+    data = dict(doc)
     for part in ("metadata", "status"):
         if isinstance(data.get(part), dict):
             data[part] = _seconds(data[part])
     return data
 
 
-def dump(items: Sequence[ManagedService], fmt: str, single: bool) -> str:
+def dump(items: Sequence[Doc], fmt: str, single: bool) -> str:
     data = shown(items[0]) if single and items else {
         "apiVersion": "v1", "kind": "List", "items": [shown(i) for i in items]}
     if fmt == "json":
@@ -187,8 +221,8 @@ def describe(s: ManagedService, now: datetime | None = None) -> str:
         *_field("State", st.state.value),
         *_field("Last State", st.lastState.value if st.lastState else "<none>"),
         *_field("Depends On", ", ".join(s.spec.dependsOn) or "<none>"),
-        *_field("Endpoint", _endpoint(s) + (f" ({st.endpoint.state.value})" if st.endpoint and st.endpoint.uri
-                                            else "")),
+        *_field("Endpoint", f"{st.endpoint.uri} ({st.endpoint.state.value})" if st.endpoint and st.endpoint.uri
+                else "<none>"),
         *_field("Restarts", st.restarts),
     ]
     if st.consecutiveFailures:

@@ -28,10 +28,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from converge.api import ManagedService, ServiceKey
-from converge.selector import Selector
+from converge.names import ServiceKey
+
+if TYPE_CHECKING:  # the errors are pydantic-free: `converge get` on the file store needs no model
+    from converge.api import ManagedService
+    from converge.selector import Selector
 
 
 class StoreError(Exception):
