@@ -119,8 +119,9 @@ class Api:
         with urllib.request.urlopen(req, context=self.ssl, timeout=timeout) as resp:
             return bytes(resp.read())
 
-    def writes(self) -> dict[str, float]:
-        """apiserver_request_total of write verbs, keyed 'VERB resource[/subresource]'."""
+    def writes(self, gets: bool = False) -> dict[str, float]:
+        """apiserver_request_total of write verbs (and GET with `gets`: the operator's reads
+        of single objects; LIST is left out, this script lists), keyed 'VERB resource[/subresource]'."""
         out: dict[str, float] = {}
         for line in self.get("/metrics").decode().splitlines():
             if not line.startswith("apiserver_request_total{"):
@@ -129,7 +130,7 @@ class Api:
             fields = {k: v.strip('"') for k, v in
                       (kv.split("=", 1) for kv in labels[len("apiserver_request_total{"):-1].split(","))}
             verb = fields.get("verb", "")
-            if verb not in ("POST", "PUT", "PATCH", "DELETE", "APPLY"):
+            if verb not in ("POST", "PUT", "PATCH", "DELETE", "APPLY") and not (gets and verb == "GET"):
                 continue
             res = fields.get("resource", "")
             if fields.get("subresource"):
@@ -352,19 +353,19 @@ class Bench:
             self.cp.kubectl("delete", "-f", str(probe))
             path = manifest(floor_docs(ns, n), self.work / "floors.yaml")
             time.sleep(1)
-            before = self.api.writes()
+            before = self.api.writes(gets=True)
             cpu0 = self.cpu(proc.pid)
             t0 = time.monotonic()
             t_apply = kubectl_apply(self.cp, path)
             t_ready = wait_all_ready(lambda: self.api.items(FLOOR_GROUP, "v1", "floors", ns), n,
                                      self.args.timeout, t0, check=alive)
-            at_ready = self.api.writes()
+            at_ready = self.api.writes(gets=True)
             cpu = {k: v - cpu0[k] for k, v in self.cpu(proc.pid).items()}
             _, after = wait_quiet(self.api, self.args.quiet, self.args.timeout, t0, resources=("floors", "events"),
                                   check=alive)
             return {"n": n, "apply_s": t_apply, "apply_to_all_ready_s": t_ready, "cpu_s_to_ready": cpu,
-                    "writes_to_ready": diff(at_ready, before, "floors", "events"),
-                    "writes_until_quiet": diff(after, before, "floors", "events")}
+                    **_split(diff(at_ready, before, "floors", "events")),
+                    "writes_until_quiet": _split(diff(after, before, "floors", "events"))["writes_to_ready"]}
         finally:
             self.reaper.stop(proc, grace=15)
 
@@ -377,17 +378,17 @@ class Bench:
             op.wait_healthy("/healthz")
             path = manifest(msvc_docs(ns, n), self.work / "msvc.yaml")
             time.sleep(2)  # kopf's watch starts
-            before = self.api.writes()
+            before = self.api.writes(gets=True)
             cpu0 = self.cpu(op.proc.pid)
             t0 = time.monotonic()
             t_apply = kubectl_apply(self.cp, path)
             t_ready = wait_all_ready(lambda: self.msvcs(ns), n, self.args.timeout, t0, check=op.alive)
-            at_ready = self.api.writes()
+            at_ready = self.api.writes(gets=True)
             cpu = {k: v - cpu0[k] for k, v in self.cpu(op.proc.pid).items()}
             _, after = wait_quiet(self.api, self.args.quiet, self.args.timeout, t0, check=op.alive)
             return {"n": n, "apply_s": t_apply, "apply_to_all_ready_s": t_ready, "cpu_s_to_ready": cpu,
-                    "writes_to_ready": diff(at_ready, before, MSVC, "events"),
-                    "writes_until_quiet": diff(after, before, MSVC, "events")}
+                    **_split(diff(at_ready, before, MSVC, "events")),
+                    "writes_until_quiet": _split(diff(after, before, MSVC, "events"))["writes_to_ready"]}
         finally:
             op.stop()
             kill_daemons(state)
@@ -481,6 +482,12 @@ class Bench:
             samples.append(time.monotonic() - t0)
             time.sleep(self.args.settle)
         return {"kill_to_ready_in_status_s": summarize(samples), "samples_s": samples}
+
+
+def _split(requests: dict[str, int]) -> dict[str, dict[str, int]]:
+    """Request counts as {"writes_to_ready": writes, "gets_to_ready": GETs of single objects}."""
+    return {"writes_to_ready": {k: v for k, v in requests.items() if not k.startswith("GET ")},
+            "gets_to_ready": {k: v for k, v in requests.items() if k.startswith("GET ")}}
 
 
 def _ignore(_: object) -> None:
@@ -596,19 +603,19 @@ def report(r: dict[str, Any]) -> None:
         rows.append(["kopf floor (Ready=True only)", fl["apply_s"], fl["apply_to_all_ready_s"], None,
                      *_cpu(fl),
                      _sum(w, "PATCH floors") / n, _sum(w, "PATCH floors/status", "PUT floors/status") / n,
-                     _sum(w, "POST events", "PATCH events") / n])
+                     _sum(w, "POST events", "PATCH events") / n, sum(fl.get("gets_to_ready", {}).values()) / n])
     if cv:
         w = cv["writes_until_quiet"]
         ratio = cv["apply_to_all_ready_s"] / fl["apply_to_all_ready_s"] if fl else None
         rows.append(["converge operator", cv["apply_s"], cv["apply_to_all_ready_s"], ratio, *_cpu(cv),
                      _sum(w, "PATCH managedservices", "PUT managedservices") / n,
                      _sum(w, "PATCH managedservices/status", "PUT managedservices/status") / n,
-                     _sum(w, "POST events", "PATCH events") / n])
+                     _sum(w, "POST events", "PATCH events") / n, sum(cv.get("gets_to_ready", {}).values()) / n])
     if rows:
         print(f"\n1-2. One kubectl apply of {n} objects -> all Ready (seconds; writes per object until quiet)")
         print_table(["operator", "kubectl apply", "apply->all Ready", "x floor", "CPU s operator",
                      "CPU s apiserver+etcd", "object PATCH/obj",
-                     "status writes/obj", "events/obj"], rows)
+                     "status writes/obj", "events/obj", "GETs/obj to Ready"], rows)
     bl = r.get("backlog")
     if bl:
         w = bl["writes_until_quiet"]

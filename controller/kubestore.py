@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -31,6 +31,7 @@ from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from converge.api import API_GROUP, API_VERSION, GROUP_VERSION, KIND, ManagedService, ServiceKey
+from converge.kubecache import ObjectCache
 from converge.selector import Selector
 from converge.store import (
     AlreadyExists,
@@ -161,45 +162,54 @@ class KubeStore:
         # Non-empty: this store sees only these namespaces (an operator with namespaced
         # RBAC): listing "all" lists each of them.
         self.namespaces = namespaces
-        self._own: dict[ServiceKey, str] = {}  # resourceVersion of our own last write per object
-        self._own_mu = threading.Lock()
+        # What a watch told (`seen`, the operator's kopf events) and our writes returned:
+        # `get` answers from it instead of a request. Nobody feeding it (the CLI), it stays
+        # empty and every read goes to the server.
+        self.cache: ObjectCache[ManagedService] = ObjectCache(self._read)
 
-    def own_write(self, key: ServiceKey, resource_version: str | None) -> bool:
-        """Whether this object version is one this store wrote (a watch event of our own
-        status write needs no new pass: the pass that wrote it already knows)."""
-        with self._own_mu:
-            return resource_version is not None and self._own.get(key) == resource_version
+    def seen(self, kind: str | None, raw: Mapping[str, Any]) -> ServiceKey | None:
+        """A watch event of a ManagedService (kind ADDED/MODIFIED/DELETED, None when
+        listed): kept for `get`. Returns the key when it needs a pass, None when it is our
+        own write coming back (the pass that wrote it already knows)."""
+        return self.cache.seen(kind, raw)
 
-    def _wrote(self, obj: ManagedService) -> ManagedService:
+    def _wrote(self, obj: ManagedService, *, created: bool = False) -> ManagedService:
         self.writes += 1
-        with self._own_mu:
-            if obj.metadata.resourceVersion is not None:
-                self._own[obj.key] = obj.metadata.resourceVersion
+        if not created:  # a new object needs its first pass, whoever made it
+            self.cache.wrote(obj.key, obj.metadata.resourceVersion, obj)
         return obj
 
     @classmethod
     def from_kubeconfig(cls, kubeconfig: str | Path | None = None, context: str | None = None) -> KubeStore:
         return cls(api_client(kubeconfig, context))
 
-    def _call(self, what: str, fn: Callable[..., Any], *args: Any, creating: bool = False, **kw: Any) -> Any:
+    def _call(self, what: str, fn: Callable[..., Any], *args: Any, creating: bool = False,
+              key: ServiceKey | None = None, **kw: Any) -> Any:
+        """One request; the API's error as the store's. `key`: the object it reads or writes,
+        read from the server next time when this fails (a Conflict: the cache is behind)."""
         try:
             return fn(*args, _request_timeout=_TIMEOUT, **kw)
         except (ApiException, urllib3.exceptions.HTTPError, OSError) as exc:
+            if key is not None:
+                self.cache.forget(key)
             _error(exc, what, creating)
 
-    def _read(self, data: Any, what: str) -> ManagedService:
+    def _read(self, data: Any, what: str | None = None) -> ManagedService:
         try:
             return from_api(data)
         except ValidationError as exc:
             meta = data.get("metadata") or {}
             key = ServiceKey(meta.get("namespace", ""), meta.get("name", "")) if meta.get("name") else None
-            raise CorruptObject(what, str(exc).replace("\n", "; "), key) from None
+            raise CorruptObject(what or str(key), str(exc).replace("\n", "; "), key) from None
 
     # ------------------------------------------------------------------ reads
 
     def get(self, key: ServiceKey) -> ManagedService:
+        cached = self.cache.get(key)
+        if cached is not None:
+            return cached
         data = self._call(str(key), self.objects.get_namespaced_custom_object,
-                          API_GROUP, API_VERSION, key.namespace, PLURAL, key.name)
+                          API_GROUP, API_VERSION, key.namespace, PLURAL, key.name, key=key)
         return self._read(data, str(key))
 
     def list(self, namespace: str | None = None, selector: Selector | None = None) -> ListResult:
@@ -231,7 +241,10 @@ class KubeStore:
             except CorruptObject as exc:
                 out.errors.append(exc)
         out.items.sort(key=lambda o: o.key)
-        return out, str((data.get("metadata") or {}).get("resourceVersion") or "")
+        rv = str((data.get("metadata") or {}).get("resourceVersion") or "")
+        if not kw:  # everything there is: what the cache holds and the list lacks is gone
+            self.cache.listed(namespace, [o.key for o in out.items] + [e.key for e in out.errors if e.key], rv)
+        return out, rv
 
     # ------------------------------------------------------------------ writes
 
@@ -239,7 +252,7 @@ class KubeStore:
         data = self._call(str(obj.key), self.objects.create_namespaced_custom_object,
                           API_GROUP, API_VERSION, obj.metadata.namespace, PLURAL, to_api(obj, server_fields=False),
                           creating=True, field_manager=FIELD_MANAGER)
-        return self._wrote(self._read(data, str(obj.key)))
+        return self._wrote(self._read(data, str(obj.key)), created=True)
 
     def update(self, obj: ManagedService) -> ManagedService:
         body = to_api(obj, server_fields=True)
@@ -247,7 +260,7 @@ class KubeStore:
             body["metadata"]["resourceVersion"] = self.get(obj.key).metadata.resourceVersion
         data = self._call(str(obj.key), self.objects.replace_namespaced_custom_object,
                           API_GROUP, API_VERSION, obj.metadata.namespace, PLURAL, obj.metadata.name, body,
-                          field_manager=FIELD_MANAGER)
+                          field_manager=FIELD_MANAGER, key=obj.key)
         return self._wrote(self._read(data, str(obj.key)))
 
     def set_finalizers(self, obj: ManagedService, finalizers: Sequence[str]) -> ManagedService:
@@ -257,7 +270,7 @@ class KubeStore:
             body["metadata"].pop("resourceVersion")
         data = self._call(str(obj.key), self.objects.patch_namespaced_custom_object,
                           API_GROUP, API_VERSION, obj.metadata.namespace, PLURAL, obj.metadata.name, body,
-                          field_manager=FIELD_MANAGER, _content_type="application/merge-patch+json")
+                          field_manager=FIELD_MANAGER, _content_type="application/merge-patch+json", key=obj.key)
         return self._wrote(self._read(data, str(obj.key)))
 
     def update_status(self, obj: ManagedService) -> ManagedService:
@@ -271,7 +284,8 @@ class KubeStore:
         try:
             data = self._call(str(obj.key), self.objects.patch_namespaced_custom_object_status,
                               API_GROUP, API_VERSION, obj.metadata.namespace, PLURAL, obj.metadata.name, patch,
-                              field_manager=FIELD_MANAGER, _content_type="application/json-patch+json")
+                              field_manager=FIELD_MANAGER, _content_type="application/json-patch+json",
+                              key=obj.key)
         except Invalid as exc:
             # A failed `test` operation is a bare 422 without causes; a status the schema
             # refuses names its fields.
@@ -284,7 +298,7 @@ class KubeStore:
         body = k8s.V1DeleteOptions(preconditions=k8s.V1Preconditions(resource_version=resource_version)) \
             if resource_version else k8s.V1DeleteOptions()
         self._call(str(key), self.objects.delete_namespaced_custom_object,
-                   API_GROUP, API_VERSION, key.namespace, PLURAL, key.name, body=body)
+                   API_GROUP, API_VERSION, key.namespace, PLURAL, key.name, body=body, key=key)
         self.writes += 1
 
     # ------------------------------------------------------------------ watch

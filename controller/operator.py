@@ -3,11 +3,13 @@
 The same Runtime, Reconciler, core and backends as local mode; this module adds only the
 Kubernetes plumbing around them:
 - kopf watches the ManagedServices (namespaces or the whole cluster) and hands every
-  event's key to the runtime's queue (level-triggered: the key, never the event). Its
+  event's key to the runtime's queue (level-triggered: the key, never the event), and the
+  object to KubeStore's cache, which the passes read instead of asking the server. Its
   own bookkeeping stays off the objects: event-watching handlers only, no progress or
   diff-base annotations, no kopf finalizer, no peering objects, no handler events.
   Our own status writes coming back as events are recognised and dropped.
-- KubeStore reads and writes (status through the status subresource, only on change).
+- KubeStore reads (from that cache) and writes (status through the status subresource,
+  only on change; its resourceVersion/generation guards still refuse a stale write).
 - Events on the objects for transitions (converge.events), Prometheus metrics and
   /healthz, /readyz (converge.metrics).
 - Leader election on a coordination.k8s.io Lease (the kubernetes client's LeaseLock):
@@ -38,7 +40,7 @@ from kubernetes import config as k8s_config
 from kubernetes.leaderelection import electionconfig, leaderelection
 from kubernetes.leaderelection.resourcelock.leaselock import LeaseLock
 
-from converge.api import API_GROUP, API_VERSION, ServiceKey
+from converge.api import API_GROUP, API_VERSION
 from converge.events import EventRecorder
 from converge.host import Host
 from converge.kubestore import PLURAL, KubeStore, api_client
@@ -160,13 +162,12 @@ class Operator:
             return _connection_info()
 
         @kopf.on.event(API_GROUP, API_VERSION, PLURAL, registry=reg)
-        async def on_event(name: str, namespace: str | None, body: kopf.Body, **_: Any) -> None:
-            if namespace is None:
-                return
-            key = ServiceKey(namespace, name)
-            if store.own_write(key, body.get("metadata", {}).get("resourceVersion")):
-                return
-            runtime.enqueue(key)
+        async def on_event(event: kopf.RawEvent, **_: Any) -> None:
+            # The object as the event brings it is what the passes read (no GET of their
+            # own); our own writes coming back need no pass.
+            key = store.seen(event.get("type"), event.get("object") or {})
+            if key is not None:
+                runtime.enqueue(key)
 
         return reg
 

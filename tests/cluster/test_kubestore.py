@@ -6,11 +6,13 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from kubernetes.client.exceptions import ApiException
 
-from converge.api import FINALIZER, AdminState, ManagedService, ServiceKey
-from converge.kubestore import KubeStore
+from converge.api import API_GROUP, API_VERSION, FINALIZER, AdminState, ManagedService, ServiceKey
+from converge.kubestore import PLURAL, KubeStore
 from converge.selector import parse_selector
 from converge.store import AlreadyExists, Conflict, Forbidden, Invalid, NotFound, Unavailable
 from tests.cluster.controlplane import ControlPlane, free_port
@@ -117,6 +119,71 @@ def test_invalid_objects_are_refused_by_the_server_naming_the_field(store: KubeS
     a.spec.restartPolicy.backoffSeconds = -5
     with pytest.raises(Invalid, match="backoffSeconds"):
         store.create(a)
+
+
+def _raw(store: KubeStore, key: ServiceKey) -> dict[str, Any]:
+    data: dict[str, Any] = store.objects.get_namespaced_custom_object(
+        API_GROUP, API_VERSION, key.namespace, PLURAL, key.name)
+    return data
+
+
+def test_a_fed_store_reads_its_cache_and_the_servers_guards_still_refuse_stale_writes(
+        store: KubeStore, kubeconfig: Path, namespace: str) -> None:
+    """The operator's KubeStore reads what kopf's events fed it, not the server; what it
+    writes from a stale copy is still refused (Conflict), and then it reads the server."""
+    a = store.create(make("a", namespace))
+    assert store.seen("ADDED", _raw(store, a.key)) == a.key
+    got = store.get(a.key)
+    assert got is store.get(a.key)  # the same held object: no request, no new parse
+    with_finalizer = store.set_finalizers(got, [FINALIZER])
+    assert store.get(a.key) is with_finalizer  # our write's answer is held at once ...
+    assert store.seen("MODIFIED", _raw(store, a.key)) is None  # ... and its event needs no pass
+
+    other = KubeStore.from_kubeconfig(kubeconfig)  # someone else changes the spec
+    respec = other.get(a.key).model_copy(deep=True)
+    respec.spec.adminState = AdminState.suspended
+    other.update(respec)
+    stale = store.get(a.key)
+    assert stale.metadata.generation == 1  # the event has not been fed yet
+    stale.status.restarts = 5
+    with pytest.raises(Conflict):
+        store.update_status(stale)  # planned for generation 1: refused by the server's test
+    fresh = store.get(a.key)  # after a refusal: the server's version
+    assert fresh.metadata.generation == 2 and fresh.status.restarts == 0
+    with pytest.raises(Conflict):
+        store.set_finalizers(stale, [])  # a stale resourceVersion: refused too
+    assert store.seen("MODIFIED", _raw(store, a.key)) == a.key  # the change, seen: a pass
+    assert store.get(a.key).metadata.generation == 2
+    assert store.get(a.key) is store.get(a.key)
+
+    store.delete(a.key)
+    assert store.seen("MODIFIED", _raw(store, a.key)) == a.key  # deleting, held by our finalizer
+    stripped = store.get(a.key).model_copy(deep=True)
+    assert stripped.metadata.deletionTimestamp is not None
+    store.set_finalizers(stripped, [])
+    assert store.seen("DELETED", _raw_or(store, a.key, stripped)) == a.key
+    with pytest.raises(NotFound):
+        store.get(a.key)
+
+
+def _raw_or(store: KubeStore, key: ServiceKey, last: ManagedService) -> dict[str, Any]:
+    """The object as a DELETED event carries it (its last version)."""
+    try:
+        return _raw(store, key)
+    except ApiException:
+        return {"metadata": {"name": key.name, "namespace": key.namespace,
+                             "resourceVersion": last.metadata.resourceVersion}}
+
+
+def test_a_full_list_drops_from_the_cache_what_was_deleted_unseen(store: KubeStore, namespace: str) -> None:
+    a, b = store.create(make("a", namespace)), store.create(make("b", namespace))
+    for o in (a, b):
+        store.seen(None, _raw(store, o.key))
+    store.objects.delete_namespaced_custom_object(API_GROUP, API_VERSION, namespace, PLURAL, "a")
+    assert store.get(a.key).metadata.name == "a"  # the watch never told
+    assert [o.metadata.name for o in store.list(namespace).items] == ["b"]
+    with pytest.raises(NotFound):
+        store.get(a.key)
 
 
 def _collect(store: KubeStore, namespace: str, stop: threading.Event, out: list[ServiceKey],
