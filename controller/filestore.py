@@ -203,9 +203,9 @@ class FileStore:
             if isinstance(found, CorruptObject):
                 out.errors.append(found)
                 continue
-            key, path = found
+            key, entry = found
             try:
-                obj = self._read(key, path, folder_checked=True)
+                obj = self._read(key, entry.path, folder_checked=True)
             except NotFound:
                 continue
             except CorruptObject as exc:

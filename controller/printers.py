@@ -102,9 +102,8 @@ def table(items: Sequence[Doc], wide: bool = False, namespaces: bool = False, he
                _endpoint(status)]
         row += [str(status.get("restarts", 0)), age(created, now), _reason(status)] if wide else [age(created, now)]
         rows.append([meta.get("namespace", "default"), *row] if namespaces else row)
-    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
-    lines = ["   ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
-    return "\n".join(lines if header else lines[1:])
+    line = "   ".join(f"{{:<{max(map(len, column))}}}" for column in zip(*rows, strict=True)).format
+    return "\n".join([line(*r).rstrip() for r in (rows if header else rows[1:])])
 
 
 _TIME_KEYS = ("creationTimestamp", "deletionTimestamp", "lastTransitionTime", "nextRetryTime", "startedAt",

@@ -6,6 +6,7 @@ python-terraform) only affects the services of that kind, with a clear message.
 
 from __future__ import annotations
 
+import importlib
 import threading
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
@@ -15,9 +16,15 @@ from converge.backends.errors import BackendUnavailable, PermanentError
 
 GROUP = "converge.backends"
 BACKEND_DISABLED = "BackendDisabled"
-# The kinds converge's own pyproject.toml registers in GROUP (a test keeps them equal):
-# known without reading every installed distribution's metadata.
-BUILTIN_KINDS = frozenset({"container", "daemon", "kubernetes", "terraform"})
+# The backends converge's own pyproject.toml registers in GROUP (a test keeps them equal):
+# known and loaded without reading every installed distribution's metadata.
+BUILTIN = {
+    "container": "converge.backends.container:ContainerBackend",
+    "daemon": "converge.backends.daemon:DaemonBackend",
+    "kubernetes": "converge.backends.kubernetes:KubernetesBackend",
+    "terraform": "converge.backends.terraform:TerraformBackend",
+}
+BUILTIN_KINDS = frozenset(BUILTIN)
 
 
 if TYPE_CHECKING:
@@ -32,6 +39,22 @@ def _entry_points() -> dict[str, EntryPoint]:
 
 def available_kinds() -> list[str]:
     return sorted(_entry_points())
+
+
+def _backend_class(kind: str) -> type[Backend]:
+    """The class of a kind: converge's own by module path, a plug-in's from its entry point.
+    ImportError when its library is missing."""
+    target = BUILTIN.get(kind)
+    if target is not None:
+        module, _, name = target.partition(":")
+        cls: type[Backend] = getattr(importlib.import_module(module), name)
+        return cls
+    eps = _entry_points()
+    if kind not in eps:
+        raise PermanentError(f"unknown backend {kind!r} (installed: {', '.join(sorted(eps))})",
+                             reason="UnknownBackend")
+    plugin: type[Backend] = eps[kind].load()
+    return plugin
 
 
 class KnownKinds:
@@ -67,12 +90,8 @@ class Backends:
         with self._mu:
             if kind in self._made:
                 return self._made[kind]
-            eps = _entry_points()
-            if kind not in eps:
-                raise PermanentError(f"unknown backend {kind!r} (installed: {', '.join(sorted(eps))})",
-                                     reason="UnknownBackend")
             try:
-                backend: Backend = eps[kind].load()()
+                backend: Backend = _backend_class(kind)()
             except ImportError as exc:
                 raise BackendUnavailable(f"backend {kind!r} cannot be loaded: {exc} "
                                          f"(pip install 'converge[{kind}]')") from None

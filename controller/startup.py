@@ -2,12 +2,12 @@
 
 pydantic looks for plugins in the entry points of every installed distribution the first
 time it builds a validator (importing importlib.metadata and reading all the venv's
-metadata: a large part of a `converge get`). The converge command uses no pydantic
+metadata: a large part of a short command). The converge command uses no pydantic
 plugin, so it tells pydantic there are none, in this process only (an environment
-variable would reach the services it starts), and without importing pydantic's plugin
-loader before pydantic itself needs it (a command that validates nothing never pays for
-importlib.metadata). Set CONVERGE_PYDANTIC_PLUGINS=1 to load plugins anyway (e.g. an
-observability plugin); PYDANTIC_DISABLE_PLUGINS is honoured as pydantic documents it.
+variable would reach the services it starts): pydantic's plugin loader module is replaced
+by one that knows no plugins, so importlib.metadata is never imported for it. Set
+CONVERGE_PYDANTIC_PLUGINS=1 to load plugins anyway (e.g. an observability plugin);
+PYDANTIC_DISABLE_PLUGINS is honoured as pydantic documents it.
 """
 
 from __future__ import annotations
@@ -25,28 +25,33 @@ def _no_plugins(module: ModuleType) -> None:
         setattr(module, "_plugins", {})  # noqa: B010 - a private attribute of pydantic
 
 
+class _NoPluginsLoader:
+    """Loads pydantic's plugin loader as a module that knows no plugins: the real one
+    imports importlib.metadata (and email, zipfile, csv ...) at its top, before it is
+    asked anything, which is most of what plugin discovery costs a short command."""
+
+    def create_module(self, spec: Any) -> None:
+        return None  # the default module object
+
+    def exec_module(self, module: ModuleType) -> None:
+        plugins: dict[str, Any] = {}
+        module.__dict__.update(
+            PYDANTIC_ENTRY_POINT_GROUP="pydantic", _plugins=plugins, _loading_plugins=False,
+            get_plugins=plugins.values,  # empty: pydantic builds plain validators
+        )
+
+
 class _SkipPluginScan:
-    """A meta-path finder that steps in once, when pydantic imports its plugin loader, and
-    lets the normal finders load it before marking its plugin cache filled."""
+    """A meta-path finder that steps in once, when pydantic imports its plugin loader,
+    and gives it the loader above."""
 
     def find_spec(self, name: str, path: Any, target: Any = None) -> Any:
         if name != _LOADER:
             return None
         sys.meta_path.remove(self)
-        import importlib.util
+        from importlib.machinery import ModuleSpec
 
-        spec = importlib.util.find_spec(name)
-        loader = spec.loader if spec is not None else None
-        exec_module = getattr(loader, "exec_module", None)
-        if spec is None or exec_module is None:
-            return spec
-
-        def exec_then_skip(module: ModuleType) -> None:
-            exec_module(module)
-            _no_plugins(module)
-
-        setattr(loader, "exec_module", exec_then_skip)  # noqa: B010 - this import's own loader object
-        return spec
+        return ModuleSpec(name, _NoPluginsLoader())  # type: ignore[arg-type] # a loader by protocol (importlib.abc is costly to import)
 
 
 def skip_pydantic_plugins() -> None:

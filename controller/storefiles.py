@@ -59,6 +59,11 @@ def sig(st: os.stat_result) -> Sig:
 
 # ---------------------------------------------------------------------------- stamps
 
+try:
+    from _blake2 import blake2b  # hashlib.blake2b itself, without hashlib's OpenSSL start-up
+except ImportError:  # pragma: no cover - a Python built without it
+    from hashlib import blake2b
+
 _key: bytes | None = None
 
 
@@ -69,23 +74,15 @@ def _stamp_key() -> bytes:
     if _key is None:
         try:
             with open(os.path.join(os.path.dirname(__file__), "api.py"), "rb") as f:  # noqa: PTH118, PTH120
-                _key = _blake2b(f.read(), digest_size=64).digest()
+                _key = blake2b(f.read()).digest()
         except OSError:
             _key = b""
     return _key
 
 
-def _blake2b(data: bytes, key: bytes = b"", digest_size: int = 32) -> Any:
-    try:
-        from _blake2 import blake2b  # what hashlib.blake2b is, without hashlib's OpenSSL start-up
-    except ImportError:  # pragma: no cover - a Python built without it
-        from hashlib import blake2b
-    return blake2b(data, key=key, digest_size=digest_size)
-
-
 def stamp_of(raw: bytes) -> bytes | None:
     key = _stamp_key()
-    return _blake2b(raw, key=key, digest_size=16).digest() if key else None
+    return blake2b(raw, key=key, digest_size=16).digest() if key else None
 
 
 def is_stamped(fd: int, raw: bytes) -> bool:
@@ -161,8 +158,10 @@ def read(key: ServiceKey, path: str) -> Raw:
         raise CorruptObject(path, f"cannot read: {exc.strerror}", key) from None
     try:
         opened = os.fstat(fd)
-        if not stat.S_ISREG(opened.st_mode) or opened.st_size > MAX_FILE_BYTES:
-            raise CorruptObject(path, "not a regular file of at most an object's size", key)
+        if not stat.S_ISREG(opened.st_mode):
+            raise CorruptObject(path, "not a regular file", key)
+        if opened.st_size > MAX_FILE_BYTES:
+            raise CorruptObject(path, f"{opened.st_size} bytes, more than an object can be", key)
         data = os.read(fd, opened.st_size + 1)  # its size, not the limit: no 2 MB buffer per read
         return Raw(sig(opened), data, is_stamped(fd, data))
     except OSError as exc:
@@ -179,9 +178,9 @@ def namespaces(root: Path) -> list[str]:
         return []
 
 
-def object_files(root: Path, namespace: str | None) -> Iterator[tuple[ServiceKey, str] | CorruptObject]:
-    """(key, path) of every object file of a namespace (or of all), in name order; a
-    namespace that cannot be listed comes as a CorruptObject."""
+def object_files(root: Path, namespace: str | None) -> Iterator[tuple[ServiceKey, os.DirEntry[str]] | CorruptObject]:
+    """(key, folder entry) of every object file of a namespace (or of all), in name
+    order; a namespace that cannot be listed comes as a CorruptObject."""
     for ns in [namespace] if namespace else namespaces(root):
         folder = root / ns
         if folder.is_symlink():
@@ -196,7 +195,7 @@ def object_files(root: Path, namespace: str | None) -> Iterator[tuple[ServiceKey
             continue
         for e in entries:
             if e.name.endswith(".yaml") and not e.name.startswith("."):
-                yield ServiceKey(ns, e.name[:-5]), e.path
+                yield ServiceKey(ns, e.name[:-5]), e
 
 
 # ---------------------------------------------------------------------------- documents
@@ -210,10 +209,13 @@ def _held(path: str, doc: Any, key: ServiceKey) -> dict[str, Any]:
     return doc  # type: ignore[no-any-return]
 
 
-def document(key: ServiceKey, path: str, folder_checked: bool = False) -> dict[str, Any]:
+def document(key: ServiceKey, path: str, folder_checked: bool = False,
+             entry: os.DirEntry[str] | None = None) -> dict[str, Any]:
     """The object stored at path as the dict it is written as (the model's dump): a
-    stamped file as it is, anything else validated by the API models first."""
-    check(key, path, folder_checked)
+    stamped file as it is, anything else validated by the API models first. `entry`:
+    the folder's entry of the file (its type from the listing: one lstat fewer)."""
+    if entry is None or not entry.is_file(follow_symlinks=False):
+        check(key, path, folder_checked)  # (the size and type of what is opened are checked by read)
     raw = read(key, path)
     if raw.stamped:
         try:
@@ -236,9 +238,9 @@ def documents(root: Path, namespace: str | None,
         if isinstance(found, CorruptObject):
             errors.append(found)
             continue
-        key, path = found
+        key, entry = found
         try:
-            doc = document(key, path, folder_checked=True)
+            doc = document(key, entry.path, folder_checked=True, entry=entry)
         except NotFound:
             continue
         except CorruptObject as exc:
