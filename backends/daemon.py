@@ -5,8 +5,14 @@ Each daemon runs in its own session (so its process group is its own), with stdi
 Identity is the pid file (`daemon.json`: pid, start time, argv, spec hash) checked
 against the live process's start time and command line, so a reused pid is never taken
 for the service; a controller started later adopts what runs instead of starting a
-second copy. Stopping signals the whole process group (no orphans); suspending sends
-SIGSTOP to it, resuming SIGCONT.
+second copy.
+
+What belongs to a service: where cgroup v2 can be written (`converge.backends.cgroups`),
+everything in the service's own cgroup, which the child joins before it execs, so nothing it
+starts can leave it (double fork, setsid, a cleared environment); elsewhere, the leader's
+descendants, its session and process group, and every process carrying the service's uid
+marker in its environment. Stopping signals all of it (no orphans; SIGKILL by cgroup.kill
+where there is one); suspending sends SIGSTOP to it, resuming SIGCONT.
 
 Exit notifications come from pidfds (Linux >= 5.3): `watch()` runs one thread waiting on
 every known daemon's pidfd and reports a key the moment its process ends.
@@ -32,6 +38,7 @@ import psutil
 
 from converge.api import DaemonBackend as DaemonSpec
 from converge.api import ServiceKey
+from converge.backends import cgroups
 from converge.backends.base import Notify, Observation, Phase, Target
 from converge.backends.env import expand, resolve_env, scrub, secret_values, secrets_of
 from converge.backends.errors import PermanentError, TemporaryError
@@ -218,6 +225,13 @@ class DaemonBackend:
             return
         rec = self._record(target)
         known = rec["pid"] if rec is not None else None
+        grace = target.config.stopGracePeriodSeconds if isinstance(target.config, DaemonSpec) else 10.0
+        cg = cgroups.for_service(target.uid, create=False)
+        if cg is not None and (rec is None or self._live(rec) is None):  # a live leader owns its cgroup
+            strays = self._family(target.uid, None, cg)
+            if strays:
+                log.warning("%s: stopping %s left by an interrupted start", target.key, self._describe(strays))
+                self._stop(None, grace, target.uid, cg)
         for proc in psutil.process_iter(["environ"]):
             try:
                 env = proc.info["environ"] or {}
@@ -229,7 +243,6 @@ class DaemonBackend:
                 if os.getpgid(proc.pid) != proc.pid:
                     continue  # a child: stopping its group leader stops it
                 log.warning("%s: stopping pid %d left by an interrupted start", target.key, proc.pid)
-                grace = target.config.stopGracePeriodSeconds if isinstance(target.config, DaemonSpec) else 10.0
                 self._stop(proc, grace, target.uid)
         intent.unlink(missing_ok=True)
 
@@ -265,9 +278,9 @@ class DaemonBackend:
         if proc is not None and rec is not None:
             if rec.get("specHash") == target.spec_hash:
                 if proc.status() == psutil.STATUS_STOPPED:
-                    self._signal_all(self._family(target.uid, proc), signal.SIGCONT)
+                    self._signal_all(self._family(target.uid, proc, self._cgroup(target, rec)), signal.SIGCONT)
                 return {"pid": proc.pid, "log": str(target.runtime_dir / LOG_FILE)}
-            self._stop(proc, spec.stopGracePeriodSeconds, target.uid)  # replace: never two copies
+            self._stop(proc, spec.stopGracePeriodSeconds, target.uid, self._cgroup(target, rec))  # never two copies
         return self._start(target, spec)
 
     def _forget_exit(self, target: Target) -> None:
@@ -295,10 +308,18 @@ class DaemonBackend:
         if not cwd.is_dir():
             raise TemporaryError(f"workingDir {cwd} " + ("is not a folder" if cwd.exists() else "does not exist"),
                                  reason="WorkingDirMissing")
-        leftovers = self._family(target.uid, None)  # what a crashed run left (double-forked children)
-        if leftovers:
-            log.warning("%s: stopping %s left by the previous run", target.key, self._describe(leftovers))
-            self._stop(None, spec.stopGracePeriodSeconds, target.uid)
+        # What the previous run left (double-forked children): whatever is in its cgroup (the
+        # one its record names and this controller's one for the service); a scan of /proc by
+        # session and marker where cgroups are not used, now or when it started.
+        old = self._record(target)
+        usable = cgroups.base() is not None
+        prev = cgroups.recorded(old["cgroup"], target.uid) if old is not None and "cgroup" in old else None
+        places = [c for c in dict.fromkeys([prev, cgroups.for_service(target.uid, create=False)]) if c is not None]
+        for where in [*places, None] if not usable or (old is not None and "cgroup" not in old) else places:
+            leftovers = self._family(target.uid, None, where)
+            if leftovers:
+                log.warning("%s: stopping %s left by the previous run", target.key, self._describe(leftovers))
+                self._stop(None, spec.stopGracePeriodSeconds, target.uid, where)
         log_path = target.runtime_dir / LOG_FILE
         _sweep_temp_files(target.runtime_dir)
         rotate_log(log_path, spec.logMaxBytes, spec.logMaxFiles)
@@ -311,14 +332,20 @@ class DaemonBackend:
             intent.unlink(missing_ok=True)
             raise TemporaryError(f"{log_path}: {exc.strerror} (a link is never followed)",
                                  reason="StartFailed") from None
+        cg = cgroups.for_service(target.uid) if usable else None
         try:
-            child = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=fd, stderr=subprocess.STDOUT, env=full_env,
-                cwd=cwd, start_new_session=True, close_fds=True,
-            )
+            with cg.joining() if cg is not None else contextlib.nullcontext() as join:
+                child = subprocess.Popen(
+                    argv, stdin=subprocess.DEVNULL, stdout=fd, stderr=subprocess.STDOUT, env=full_env,
+                    cwd=cwd, start_new_session=True, close_fds=True, preexec_fn=join,
+                )
         except OSError as exc:
             intent.unlink(missing_ok=True)
-            what = f"workingDir {cwd}" if exc.filename == str(cwd) else f"cannot start {argv[0]!r}"
+            if cg is not None:
+                cg.remove()  # nothing started: no empty cgroup left behind
+            what = (f"workingDir {cwd}" if exc.filename == str(cwd) else
+                    f"cgroup {cg}" if cg is not None and str(exc.filename).startswith(str(cg)) else
+                    f"cannot start {argv[0]!r}")
             raise TemporaryError(scrub(f"{what}: {exc.strerror}", secrets), reason="StartFailed") from None
         finally:
             os.close(fd)
@@ -331,6 +358,8 @@ class DaemonBackend:
             create_time, cmdline = 0.0, argv
         rec = {"pid": child.pid, "createTime": create_time, "argv": cmdline or argv,
                "specHash": target.spec_hash, "uid": target.uid}
+        if cg is not None:
+            rec["cgroup"] = str(cg.path)
         tmp = self._pidfile(target).with_name(f".{PID_FILE}.{uuid.uuid4().hex}.tmp")  # unique: no planted link
         with _create_private(tmp) as f:
             f.write(json.dumps(rec).encode())
@@ -343,8 +372,8 @@ class DaemonBackend:
     def suspend(self, target: Target) -> None:
         rec = self._record(target)
         proc = self._live(rec) if rec is not None else None
-        if proc is not None:
-            self._signal_all(self._family(target.uid, proc), signal.SIGSTOP)
+        if proc is not None and rec is not None:
+            self._signal_all(self._family(target.uid, proc, self._cgroup(target, rec)), signal.SIGSTOP)
 
     def deprovision(self, target: Target) -> None:
         """Stop the whole service. One call waits at most STOP_STEP seconds: a process that
@@ -353,7 +382,8 @@ class DaemonBackend:
         caller's timeout (delete --timeout) is honoured, and grace 0 kills at once."""
         rec = self._record(target)
         proc = self._live(rec) if rec is not None else None
-        family = self._family(target.uid, proc)
+        cg = self._cgroup(target, rec)
+        family = self._family(target.uid, proc, cg)
         grace = target.config.stopGracePeriodSeconds if isinstance(target.config, DaemonSpec) else 10.0
         marker = target.runtime_dir / STOPPING_FILE
         if family:
@@ -368,18 +398,20 @@ class DaemonBackend:
                 self._signal_all(family, signal.SIGTERM)
                 self._signal_all(family, signal.SIGCONT)  # a stopped process must wake to die
                 pid = proc.pid if proc is not None else family[0].pid
-                if not self._wait_gone(pid, family, min(STOP_STEP, grace - (now - since))):
+                if not self._wait_gone(pid, family, min(STOP_STEP, grace - (now - since)), cg):
                     left = [p for p in family if self._alive(p)]
                     kill_in = since + grace - time.time()
                     raise TemporaryError(f"still running {now - since + STOP_STEP:.0f}s after SIGTERM: "
                                          f"{self._describe(left)}; SIGKILL in {max(kill_in, 0):.0f}s "
                                          f"(stopGracePeriodSeconds {grace:g})", reason="Stopping")
             else:
-                self._signal_all(family, signal.SIGKILL)
+                self._kill(family, cg)
                 pid = proc.pid if proc is not None else family[0].pid
-                if not self._wait_gone(pid, family, 5.0):
+                if not self._wait_gone(pid, family, 5.0, cg):
                     left = [p for p in family if self._alive(p)]
                     raise TemporaryError(f"still running after SIGKILL: {self._describe(left)}", reason="Stopping")
+        if cg is not None and not cg.remove():
+            log.warning("%s: cgroup %s is not empty after the stop; left in place", target.key, cg)
         marker.unlink(missing_ok=True)
         self._forget_exit(target)
         with contextlib.suppress(FileNotFoundError):
@@ -392,10 +424,20 @@ class DaemonBackend:
             os.killpg(pid, sig)
 
     @staticmethod
-    def _family(uid: str, leader: psutil.Process | None) -> list[psutil.Process]:
-        """Every process of the service: the leader, its descendants, whatever runs in its
-        session or process group, and anything carrying the service's uid marker in its
-        environment (a double-forked daemon that called setsid still has it)."""
+    def _cgroup(target: Target, rec: Mapping[str, Any] | None) -> cgroups.ServiceCgroup | None:
+        """The service's cgroup: the one its pid record names, else this controller's one for
+        it if that exists; None for a service started without one."""
+        if rec is not None and "cgroup" in rec:
+            return cgroups.recorded(rec["cgroup"], target.uid)
+        return cgroups.for_service(target.uid, create=False)
+
+    @staticmethod
+    def _family(uid: str, leader: psutil.Process | None,
+                cg: cgroups.ServiceCgroup | None = None) -> list[psutil.Process]:
+        """Every process of the service: the leader and its descendants, and then everything
+        in its cgroup when it has one; without one, whatever runs in its session or process
+        group and anything carrying the service's uid marker in its environment (a
+        double-forked daemon that called setsid still has it, unless it cleared it)."""
         found: dict[int, psutil.Process] = {}
         if leader is not None:
             found[leader.pid] = leader
@@ -403,6 +445,12 @@ class DaemonBackend:
                 for c in leader.children(recursive=True):
                     found[c.pid] = c
         me = os.getpid()
+        if cg is not None:
+            for pid in cg.pids():
+                if pid != me and pid not in found:
+                    with contextlib.suppress(psutil.Error):
+                        found[pid] = psutil.Process(pid)
+            return [p for p in found.values() if DaemonBackend._alive(p)]
         wanted = f"{MARKER}={uid}".encode()
         for pid in _all_pids():
             if pid == me or pid in found:
@@ -434,26 +482,36 @@ class DaemonBackend:
             if g > 1 and g != os.getpgrp():
                 self._signal_group(g, sig)
 
-    def _stop(self, proc: psutil.Process | None, grace: float, uid: str = "") -> None:
-        """SIGTERM the whole service (group, session, descendants, marked processes),
-        SIGKILL what is left after grace."""
-        family = self._family(uid, proc)
+    def _kill(self, family: list[psutil.Process], cg: cgroups.ServiceCgroup | None) -> None:
+        """SIGKILL the service: its cgroup at once (forks racing the kill included), and
+        every process of the family by signal (all of it where there is no cgroup)."""
+        if cg is not None:
+            cg.kill()
+        self._signal_all(family, signal.SIGKILL)
+
+    def _stop(self, proc: psutil.Process | None, grace: float, uid: str = "",
+              cg: cgroups.ServiceCgroup | None = None) -> None:
+        """SIGTERM the whole service (cgroup, or group, session, descendants and marked
+        processes), SIGKILL what is left after grace."""
+        family = self._family(uid, proc, cg)
         if not family:
             return
         self._signal_all(family, signal.SIGTERM)
         self._signal_all(family, signal.SIGCONT)  # a stopped process must wake to die
         pid = proc.pid if proc is not None else family[0].pid
-        if not self._wait_gone(pid, family, grace):
-            self._signal_all(family, signal.SIGKILL)
-            self._wait_gone(pid, family, 5.0)
+        if not self._wait_gone(pid, family, grace, cg):
+            self._kill(self._family(uid, proc, cg), cg)
+            self._wait_gone(pid, family, 5.0, cg)
 
-    def _wait_gone(self, pid: int, family: list[psutil.Process], timeout: float) -> bool:
-        """Until every process of the family is dead (a zombie counts as dead)."""
+    def _wait_gone(self, pid: int, family: list[psutil.Process], timeout: float,
+                   cg: cgroups.ServiceCgroup | None = None) -> bool:
+        """Until every process of the family is dead (a zombie counts as dead) and the
+        cgroup, if any, is empty (it also holds what forked since the family was listed)."""
         deadline = time.monotonic() + timeout
         delay = 0.002
         while True:
             self._reap(pid)
-            if not any(self._alive(p) for p in family):
+            if not any(self._alive(p) for p in family) and (cg is None or not cg.populated()):
                 return True
             if time.monotonic() >= deadline:
                 return False

@@ -8,11 +8,13 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
 import pytest
+import yaml
 
 BIN = Path(sys.executable).parent
 
@@ -56,14 +58,39 @@ class CLI:
         return int(json.loads((self.store / "_runtime" / "default" / name / "daemon.json").read_text())["pid"])
 
 
+def _kill_cgroup(cgroup: Path) -> None:
+    """Kill what is in a service's cgroup (what left its process group) and remove it."""
+    with contextlib.suppress(OSError, ValueError):
+        if not cgroup.name.startswith("svc-") or os.getpid() in map(int, (cgroup / "cgroup.procs").read_text().split()):
+            return
+        (cgroup / "cgroup.kill").write_text("1")
+        for _ in range(100):
+            if "populated 0" in (cgroup / "cgroup.events").read_text():
+                cgroup.rmdir()
+                return
+            time.sleep(0.02)
+
+
 def _kill_leftovers(store: Path) -> None:
-    """Whatever a failed test left running under this store: kill its process groups."""
+    """Whatever a failed test left running under this store: kill its process groups and
+    cgroups (also of objects whose pid record is gone)."""
+    from converge.backends import cgroups
+
     for pidfile in store.glob("_runtime/*/*/daemon.json"):
+        rec = {}
         try:
-            pid = int(json.loads(pidfile.read_text())["pid"])
-            os.killpg(pid, 9)
-        except (OSError, ValueError, KeyError):
+            rec = json.loads(pidfile.read_text())
+            os.killpg(int(rec["pid"]), 9)
+        except (OSError, ValueError, KeyError, TypeError):
             pass
+        if isinstance(rec, dict) and isinstance(rec.get("cgroup"), str):
+            _kill_cgroup(Path(rec["cgroup"]))
+    base = cgroups.base()
+    for obj in store.glob("*/*.yaml") if base is not None else []:
+        with contextlib.suppress(OSError, ValueError, AttributeError, KeyError, TypeError):
+            uid = yaml.safe_load(obj.read_text())["metadata"]["uid"]
+            if (base / f"svc-{uid}").is_dir():
+                _kill_cgroup(base / f"svc-{uid}")
     for proc in psutil.process_iter(["environ"]):
         try:
             env = proc.info["environ"] or {}

@@ -1,0 +1,211 @@
+"""cgroup v2 process tracking for the daemon backend.
+
+Each daemon runs in a cgroup of its own, `<base>/svc-<uid>`, where `<base>` is a `converge`
+folder inside the controller's own cgroup (systemd's delegation model: a process manages the
+subtree below itself). The child joins it between fork and exec, so whatever the program does
+afterwards (fork twice, setsid, clear its environment, rewrite its argv) every process it
+starts stays in it: the kernel, not a scan of /proc, says what belongs to the service.
+`cgroup.kill` then ends all of it at once, forks racing the kill included, and an empty
+cgroup is removed when the service is deprovisioned.
+
+Where cgroup v2 cannot be written (no cgroup2 mount, not root and not delegated, a read-only
+/sys in a container, `CONVERGE_CGROUPS=off`), `for_service` answers None and the daemon
+backend falls back to tracking the session, the process group and the uid marker.
+
+A recorded path is trusted only if it lies under a cgroup2 mount and is named for the very
+service asking: a hostile record cannot make converge signal another cgroup.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import functools
+import logging
+import os
+import re
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger("converge")
+
+SWITCH = "CONVERGE_CGROUPS"  # "off" disables cgroup tracking
+_UID = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,63}")
+
+
+def _mounts() -> list[Path]:
+    """Mount points of the cgroup2 filesystem (hybrid hosts have it at /sys/fs/cgroup/unified)."""
+    found = []
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                left, _, right = line.partition(" - ")
+                if right.split(" ", 1)[0] == "cgroup2":
+                    found.append(Path(left.split(" ")[4].replace("\\040", " ")))
+    except OSError:
+        pass
+    return found
+
+
+def _own_cgroup() -> str | None:
+    """This process's cgroup v2 path ("0::/path" in /proc/self/cgroup)."""
+    try:
+        with open("/proc/self/cgroup", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("0::"):
+                    return line[3:].strip()
+    except OSError:
+        pass
+    return None
+
+
+_base_lock = threading.Lock()
+
+
+def base() -> Path | None:
+    """The folder service cgroups are made in, or None when cgroups cannot be used here
+    (found once per process; the first starts may race for it)."""
+    with _base_lock:
+        return _find_base()
+
+
+@functools.cache
+def _find_base() -> Path | None:
+    if os.environ.get(SWITCH, "").lower() in ("off", "0", "false", "no"):
+        return None
+    own = _own_cgroup()
+    mounts = _mounts()
+    if own is None or not own.startswith("/") or not mounts:
+        return None
+    folder = mounts[0] / own.lstrip("/") / "converge"
+    try:
+        folder.mkdir(mode=0o755, exist_ok=True)
+        probe = folder / f"probe-{os.getpid()}-{uuid.uuid4().hex}"
+        probe.mkdir()
+        probe.rmdir()
+    except OSError as exc:
+        log.info("cgroup tracking unavailable (%s: %s); daemons are tracked by session and marker",
+                 folder, exc.strerror)
+        return None
+    return folder
+
+
+def _within_mount(path: Path) -> bool:
+    return any(path.is_relative_to(m) and path != m for m in _mounts())
+
+
+@dataclass(frozen=True)
+class ServiceCgroup:
+    """One service's cgroup: who is in it, kill all of it, remove it when empty."""
+
+    path: Path
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    @contextlib.contextmanager
+    def joining(self) -> Iterator[Callable[[], object]]:
+        """A preexec_fn that moves the forked child into this cgroup before it execs: a C call
+        writing "0" (= the writing process) to a descriptor opened here in the parent. No
+        Python code runs between fork and exec, so it is safe in a threaded parent."""
+        fd = os.open(self.path / "cgroup.procs", os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        try:
+            yield functools.partial(os.write, fd, b"0")
+        finally:
+            os.close(fd)
+
+    def _folders(self) -> list[Path]:
+        """This cgroup and every cgroup below it (a delegated service may make its own)."""
+        out = []
+        for root, dirs, _ in os.walk(self.path, followlinks=False):
+            out.append(Path(root))
+            dirs.sort()
+        return out
+
+    def pids(self) -> list[int]:
+        """Every live process in the cgroup or below it (zombies are not listed)."""
+        found: list[int] = []
+        for folder in self._folders():
+            with contextlib.suppress(OSError, ValueError):
+                found.extend(int(x) for x in (folder / "cgroup.procs").read_text().split())
+        return found
+
+    def populated(self) -> bool:
+        try:
+            for line in (self.path / "cgroup.events").read_text().splitlines():
+                key, _, value = line.partition(" ")
+                if key == "populated":
+                    return value.strip() == "1"
+        except OSError:
+            return False
+        return bool(self.pids())
+
+    def kill(self) -> bool:
+        """SIGKILL everything in the cgroup, forks racing the kill included (cgroup.kill,
+        Linux >= 5.14). False when the kernel has no cgroup.kill: the caller signals pids."""
+        if os.getpid() in self.pids():
+            return False  # never the controller itself
+        try:
+            fd = os.open(self.path / "cgroup.kill", os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except OSError:
+            return False
+        try:
+            os.write(fd, b"1")
+            return True
+        except OSError:
+            return False
+        finally:
+            os.close(fd)
+
+    def remove(self) -> bool:
+        """Remove the (empty) cgroup and any below it; False while a process is still in one."""
+        for folder in reversed(self._folders()):
+            try:
+                folder.rmdir()
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                if exc.errno in (errno.EBUSY, errno.ENOTEMPTY):
+                    return False
+                raise
+        return True
+
+
+def name_for(uid: str) -> str | None:
+    return f"svc-{uid}" if _UID.fullmatch(uid) else None
+
+
+def for_service(uid: str, create: bool = True) -> ServiceCgroup | None:
+    """The service's cgroup under this controller's base (made if `create`), or None when
+    cgroups are not usable here or the uid cannot name one."""
+    folder = base()
+    name = name_for(uid)
+    if folder is None or name is None:
+        return None
+    path = folder / name
+    if create:
+        try:
+            path.mkdir(mode=0o755, exist_ok=True)
+        except OSError as exc:
+            log.warning("cannot create cgroup %s: %s; tracking by session and marker", path, exc.strerror)
+            return None
+    elif not path.is_dir():
+        return None
+    return ServiceCgroup(path)
+
+
+def recorded(path: object, uid: str) -> ServiceCgroup | None:
+    """The cgroup a pid record names, if it is a cgroup of this very service (named for its
+    uid, under a cgroup2 mount, not a link) and still exists."""
+    name = name_for(uid)
+    if not isinstance(path, str) or name is None or "\x00" in path:
+        return None
+    p = Path(path)
+    if not p.is_absolute() or p.name != name or ".." in p.parts or not _within_mount(p):
+        return None
+    if p.is_symlink() or not p.is_dir():
+        return None
+    return ServiceCgroup(p)

@@ -1,0 +1,188 @@
+"""Daemons in their own cgroup (cgroup v2, where it can be written): a service whose children
+leave the session *and* clear their environment is still stopped whole, on restart, suspend
+and delete; a hostile pid record cannot point converge at another cgroup; without cgroups
+(`CONVERGE_CGROUPS=off`) the session + marker tracking still catches a double fork."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import psutil
+import pytest
+
+from converge.backends import cgroups
+from tests.conftest import CLI
+from tests.helpers import PY, daemon, gone, until, write
+
+pytestmark = pytest.mark.skipif(cgroups.base() is None, reason="cgroup v2 cannot be written on this host")
+
+# The leader forks a child that leaves the session (setsid) and forks again; the grandchild
+# writes its pid to argv[1] and execs `sleep` with an EMPTY environment: no uid marker, no
+# session, no process group in common with the leader. The leader sleeps, or exits 1 if argv[2].
+ESCAPE = """
+import os, sys, time
+if os.fork() == 0:
+    os.setsid()
+    if os.fork() == 0:
+        with open(sys.argv[1], "a") as f:
+            f.write(f"{os.getpid()}\\n")
+        os.execve("/bin/sleep", ["sleep", "600"], {})
+    os._exit(0)
+time.sleep(0.3 if len(sys.argv) > 2 else 600)
+sys.exit(1)
+"""
+
+
+def _pids(f: Path) -> list[int]:
+    return [int(x) for x in f.read_text().split()] if f.exists() else []
+
+
+def _record(cli: CLI, name: str) -> dict:
+    return json.loads((cli.store / "_runtime" / "default" / name / "daemon.json").read_text())
+
+
+def _cgroup_of(pid: int) -> str:
+    return next(line[3:].strip() for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+                if line.startswith("0::"))
+
+
+def test_an_escaped_child_with_a_cleared_environment_is_stopped_with_its_service(cli: CLI, tmp_path: Path) -> None:
+    pids = tmp_path / "pids"
+    write(tmp_path / "s.yaml", daemon("escaper", [PY, "-c", ESCAPE, str(pids)], check=None))
+    cli("apply", "-f", str(tmp_path / "s.yaml"))
+    cli("reconcile", "--timeout", "20s")
+    [escaped] = until(lambda: _pids(pids), what="the escaped pid")
+    until(lambda: psutil.Process(escaped).name() == "sleep", what="the exec")
+    leader = cli.pid("escaper")
+    uid = cli.obj("escaper")["metadata"]["uid"]
+    assert os.getsid(escaped) != os.getsid(leader)
+    assert "CONVERGE_SERVICE_UID" not in psutil.Process(escaped).environ()  # the marker is gone
+    folder = Path(_record(cli, "escaper")["cgroup"])
+    assert folder.name == f"svc-{uid}" and _cgroup_of(escaped).endswith(f"/svc-{uid}")
+
+    cli("down", "escaper", "--timeout", "20s")
+    until(lambda: psutil.Process(escaped).status() == psutil.STATUS_STOPPED, what="the escaped child stopped")
+    cli("up", "escaper", "--timeout", "20s")
+    until(lambda: psutil.Process(escaped).status() != psutil.STATUS_STOPPED, what="the escaped child resumed")
+
+    cli("delete", "escaper", "--timeout", "30s")
+    until(lambda: gone(escaped) and gone(leader), what="the whole service gone")
+    assert not folder.exists(), "the empty cgroup is removed with the service"
+
+
+def test_a_crash_loop_of_escapers_leaks_nothing(cli: CLI, tmp_path: Path) -> None:
+    pids = tmp_path / "pids"
+    svc = daemon("crasher", [PY, "-c", ESCAPE, str(pids), "crash"], check=None,
+                 restart={"backoffSeconds": 0.2, "maxBackoffSeconds": 0.4, "resetAfterSeconds": 0.1})
+    write(tmp_path / "s.yaml", svc)
+    cli("apply", "-f", str(tmp_path / "s.yaml"))
+    run = cli.popen("run")
+    try:
+        until(lambda: len(_pids(pids)) >= 4, timeout=60, interval=0.1, what="four starts")
+        alive = [p for p in _pids(pids) if not gone(p)]
+        assert len(alive) <= 1, f"children of earlier runs still alive: {alive}"  # only the current run's
+    finally:
+        run.send_signal(signal.SIGINT)
+        run.communicate(timeout=30)
+    cli("delete", "crasher", "--timeout", "30s")
+    until(lambda: all(gone(p) for p in _pids(pids)), what="nothing of the service left")
+
+
+def test_a_record_naming_another_cgroup_is_not_trusted(cli: CLI, tmp_path: Path) -> None:
+    """daemon.json is converge's own file, but a store can be tampered with: a record that
+    names another service's cgroup (or the root of the hierarchy) must not make a delete
+    kill what runs there."""
+    write(tmp_path / "s.yaml", daemon("victim", ["sleep", "600"], check=None),
+          daemon("liar", ["sleep", "600"], check=None))
+    cli("apply", "-f", str(tmp_path / "s.yaml"))
+    cli("reconcile", "--timeout", "20s")
+    victim = cli.pid("victim")
+    for forged in (_record(cli, "victim")["cgroup"], str(Path(_record(cli, "victim")["cgroup"]).parent.parent)):
+        rec_file = cli.store / "_runtime" / "default" / "liar" / "daemon.json"
+        rec = json.loads(rec_file.read_text())
+        rec["cgroup"] = forged
+        rec_file.write_text(json.dumps(rec))
+        assert cgroups.recorded(forged, cli.obj("liar")["metadata"]["uid"]) is None
+    liar = cli.pid("liar")
+    cli("delete", "liar", "--timeout", "30s")
+    until(lambda: gone(liar), what="the liar stopped (it is still its own leader's process)")
+    assert not gone(victim), "a forged cgroup path killed another service"
+    assert cli.obj("victim")["status"]["state"] == "active"
+
+
+@pytest.mark.parametrize("path", ["relative/svc-u1", "/sys/fs/cgroup/../../tmp/svc-u1", "/tmp/svc-u1", "/",
+                                  "/sys/fs/cgroup/unified", "svc-u1\x00", 42, None])
+def test_recorded_refuses_paths_that_are_not_this_services_cgroup(path: object) -> None:
+    assert cgroups.recorded(path, "u1") is None
+
+
+def test_recorded_refuses_a_link_named_like_the_service(tmp_path: Path) -> None:
+    base = cgroups.base()
+    assert base is not None
+    real = cgroups.for_service("u-real")
+    assert real is not None
+    link = base / "svc-u-link"
+    try:
+        os.symlink(real.path, link)  # cgroupfs refuses links: then there is nothing to test
+    except OSError:
+        real.remove()
+        pytest.skip("cgroupfs refuses symlinks")
+    try:
+        assert cgroups.recorded(str(link), "u-link") is None
+    finally:
+        link.unlink()
+        real.remove()
+
+
+def test_a_service_cgroup_is_killed_whole_and_removed_when_empty() -> None:
+    """The cgroup primitives on the real kernel: a child that joins before exec, forks more,
+    and all of it ends with one cgroup.kill."""
+    import subprocess
+
+    cg = cgroups.for_service("unit-kill-test")
+    assert cg is not None
+    script = ("import os, time\nfor _ in range(3):\n    if os.fork() == 0:\n        os.setsid(); time.sleep(600)\n"
+              "time.sleep(600)\n")
+    with cg.joining() as join:
+        p = subprocess.Popen([PY, "-c", script], start_new_session=True, preexec_fn=join, env={})
+    try:
+        until(lambda: len(cg.pids()) == 4, what="four processes in the cgroup")
+        assert os.getpid() not in cg.pids()
+        assert cg.populated() and not cg.remove()
+        assert cg.kill()
+        p.wait(timeout=10)
+        until(lambda: not cg.populated(), what="an empty cgroup")
+        assert cg.remove() and not cg.path.exists()
+    finally:
+        p.kill()
+        p.wait()
+        cg.kill()
+        cg.remove()
+
+
+def test_without_cgroups_a_marked_double_fork_is_still_tracked(cli: CLI, tmp_path: Path) -> None:
+    """CONVERGE_CGROUPS=off: the session + uid-marker fallback of hosts without cgroup v2."""
+    from tests.hostile.test_runaway import DOUBLE_FORK
+
+    cli.env["CONVERGE_CGROUPS"] = "off"
+    pids = tmp_path / "pids"
+    write(tmp_path / "s.yaml", daemon("forker", [PY, "-c", DOUBLE_FORK, str(pids)], check=None))
+    cli("apply", "-f", str(tmp_path / "s.yaml"))
+    cli("reconcile", "--timeout", "20s")
+    [grandchild] = until(lambda: _pids(pids), what="grandchild pid")
+    assert "cgroup" not in _record(cli, "forker")
+    assert _cgroup_of(grandchild) == _cgroup_of(os.getpid())
+    cli("delete", "forker", "--timeout", "30s")
+    until(lambda: gone(grandchild), what="the double-forked grandchild stopped by its marker")
+
+
+def test_a_start_that_fails_leaves_no_cgroup(cli: CLI, tmp_path: Path) -> None:
+    write(tmp_path / "s.yaml", daemon("ghost", [str(tmp_path / "no-such-program")], check=None))
+    cli("apply", "-f", str(tmp_path / "s.yaml"))
+    cli("reconcile", "--timeout", "2s", check=False)
+    assert "cannot start" in cli.obj("ghost")["status"]["lastError"]
+    base = cgroups.base()
+    assert base is not None and not (base / f"svc-{cli.obj('ghost')['metadata']['uid']}").exists()
