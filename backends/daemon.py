@@ -425,11 +425,11 @@ class DaemonBackend:
 
     @staticmethod
     def _cgroup(target: Target, rec: Mapping[str, Any] | None) -> cgroups.ServiceCgroup | None:
-        """The service's cgroup: the one its pid record names, else this controller's one for
-        it if that exists; None for a service started without one."""
-        if rec is not None and "cgroup" in rec:
-            return cgroups.recorded(rec["cgroup"], target.uid)
-        return cgroups.for_service(target.uid, create=False)
+        """The service's cgroup: the one its pid record names (if that is one of this
+        service's), else this controller's one for it if that exists; None for a service
+        started without one."""
+        named = cgroups.recorded(rec["cgroup"], target.uid) if rec is not None and "cgroup" in rec else None
+        return named or cgroups.for_service(target.uid, create=False)
 
     @staticmethod
     def _family(uid: str, leader: psutil.Process | None,

@@ -87,7 +87,9 @@ def _kill_leftovers(store: Path) -> None:
             _kill_cgroup(Path(rec["cgroup"]))
     base = cgroups.base()
     for obj in store.glob("*/*.yaml") if base is not None else []:
-        with contextlib.suppress(OSError, ValueError, AttributeError, KeyError, TypeError):
+        if obj.is_symlink() or not obj.is_file() or obj.stat().st_size > 1 << 20:
+            continue  # a hostile store's fifo, link or bomb: never read
+        with contextlib.suppress(OSError, ValueError, AttributeError, KeyError, TypeError, yaml.YAMLError):
             uid = yaml.safe_load(obj.read_text())["metadata"]["uid"]
             if (base / f"svc-{uid}").is_dir():
                 _kill_cgroup(base / f"svc-{uid}")
