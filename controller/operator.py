@@ -107,6 +107,20 @@ def _lease_namespace(opts: Options) -> str:
         return "default"
 
 
+class _NoDiffBase(kopf.DiffBaseStorage):
+    """kopf's change detection (a deep copy and a diff of every event's object, for
+    on.create/on.update handlers) has nobody to tell here: event handlers only. Skipped."""
+
+    def build(self, *, body: kopf.Body, extra_fields: Any = None) -> kopf.BodyEssence:
+        return kopf.BodyEssence()
+
+    def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
+        return None
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
+        return None
+
+
 class Operator:
     def __init__(self, opts: Options) -> None:
         self.opts = opts
@@ -154,6 +168,7 @@ class Operator:
             # scanning of namespaces or CRDs (RBAC on those is not ours to ask for).
             settings.scanning.disabled = True
             settings.posting.enabled = False  # our Events are about services, not handlers
+            settings.persistence.diffbase_storage = _NoDiffBase()
             settings.watching.server_timeout = 300
             settings.networking.request_timeout = 60
 
