@@ -77,20 +77,12 @@ def default_client() -> k8s.ApiClient:
     return api
 
 
-def _status_message(exc: ApiException) -> str:
-    try:
-        body = json.loads(exc.body or "")
-        return str(body.get("message") or exc.reason)
-    except (ValueError, AttributeError):
-        return str(exc.reason or exc)
-
-
 def _map_error(exc: BaseException, what: str) -> BackendError:
     """The one place client / transport errors become ours."""
     if isinstance(exc, BackendError):
         return exc
     if isinstance(exc, ApiException):
-        msg = f"{what}: {_status_message(exc)}"
+        msg = f"{what}: {ko.status_message(exc.body, str(exc.reason or exc))}"
         status = exc.status or 0
         if status in (400, 422):
             return PermanentError(msg, reason="InvalidSpec")

@@ -17,6 +17,7 @@ cluster) labels alone identify them.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -369,3 +370,14 @@ def observe(target: Target, dep: Mapping[str, Any] | None,
     updated = int(st.get("updatedReplicas", 0))
     return Observation(Phase.running, f"rolling out: {updated} of {replicas} updated, "
                        f"{details['availableReplicas']} available", details, spec_hash, ready=False)
+
+
+def status_message(body: object, fallback: str) -> str:
+    """The message of an API error: its Status body's `message`, else `fallback` (the
+    HTTP reason). For the backend's errors and KubeStore's alike."""
+    try:
+        doc = json.loads(body) if isinstance(body, str | bytes) and body else None
+    except ValueError:
+        doc = None
+    message = doc.get("message") if isinstance(doc, dict) else None
+    return str(message) if message else fallback

@@ -20,12 +20,15 @@ import threading
 import time
 from collections import OrderedDict
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any
+from urllib.parse import quote
 
+import urllib3
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
 from converge.api import GROUP_VERSION, KIND, ManagedService, ManagedServiceStatus, State
+from converge.kubestore import request_json
 
 log = logging.getLogger("converge.events")
 
@@ -62,7 +65,7 @@ def describe(before: ManagedService, after: ManagedServiceStatus | None) -> tupl
 
 class EventRecorder:
     def __init__(self, api: k8s.ApiClient, instance: str | None = None) -> None:
-        self.core = k8s.CoreV1Api(api)
+        self.api = api
         self.instance = instance or socket.gethostname()
         self._queue: queue.Queue[tuple[ManagedService, str, str, str] | None] = queue.Queue(maxsize=1000)
         self._recent: OrderedDict[tuple[str, str, str], tuple[str, int, float]] = OrderedDict()
@@ -90,7 +93,7 @@ class EventRecorder:
         while (item := self._queue.get()) is not None:
             try:
                 self._post(*item)
-            except (ApiException, OSError) as exc:
+            except (ApiException, urllib3.exceptions.HTTPError, OSError) as exc:
                 log.warning("%s: cannot post event %s: %s", item[0].key, item[2], exc)
             except Exception:  # never let the recorder die silently
                 log.exception("%s: posting event %s failed", item[0].key, item[2])
@@ -103,7 +106,8 @@ class EventRecorder:
         seen = self._recent.get(key)
         if seen is not None and time.monotonic() - seen[2] < AGGREGATE_SECONDS:
             name, count, first = seen
-            self.core.patch_namespaced_event(name, ns, {"count": count + 1, "lastTimestamp": now.isoformat()})
+            request_json(self.api, "PATCH", f"/api/v1/namespaces/{quote(ns)}/events/{quote(name)}",
+                         {"count": count + 1, "lastTimestamp": now.isoformat()}, "application/merge-patch+json")
             self._recent[key] = (name, count + 1, first)
             self._recent.move_to_end(key)
             self.posted += 1
@@ -118,8 +122,8 @@ class EventRecorder:
             "reportingComponent": f"converge.dev/{COMPONENT}", "reportingInstance": self.instance,
             "firstTimestamp": now.isoformat(), "lastTimestamp": now.isoformat(), "count": 1,
         }
-        made = self.core.create_namespaced_event(ns, cast(Any, body))  # the client takes plain JSON too
+        made = request_json(self.api, "POST", f"/api/v1/namespaces/{quote(ns)}/events", body)
         self.posted += 1
-        self._recent[key] = (str(made.metadata.name), 1, time.monotonic())
+        self._recent[key] = (str(made["metadata"]["name"]), 1, time.monotonic())
         while len(self._recent) > 2000:
             self._recent.popitem(last=False)

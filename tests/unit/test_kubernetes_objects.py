@@ -248,3 +248,11 @@ def test_core_rolls_on_spec_change_and_converges_drift() -> None:
     p = run(Observation(Phase.running, "changed outside converge: spec.replicas", spec_hash="h1", ready=False,
                         drifted=True))
     assert p.action == core.Action.provision
+
+
+def test_status_message_reads_the_status_body_else_the_reason() -> None:
+    body = '{"kind": "Status", "message": "managedservices \\"a\\" not found", "code": 404}'
+    assert ko.status_message(body, "Not Found") == 'managedservices "a" not found'
+    assert ko.status_message(body.encode(), "Not Found") == 'managedservices "a" not found'
+    for bad in ("", None, "<html>bad gateway</html>", "[1, 2]", '{"code": 500}'):
+        assert ko.status_message(bad, "Bad Gateway") == "Bad Gateway"
