@@ -6,6 +6,7 @@ the shared machine hits all of them alike).
 
 Cases (each a fresh process, stdout/stderr to a pipe):
   python -c pass                     the floor of any Python CLI in this venv
+  python -c "import click"           the floor of a click CLI (what `converge get` needs at least)
   python -c "import pydantic, click" the floor of a CLI built on converge's two libraries
   python -c "import converge.api"    ... and its API models (27 pydantic classes)
   kubectl version --client           the reference (a Go binary), skipped if absent
@@ -14,6 +15,8 @@ Cases (each a fresh process, stdout/stderr to a pipe):
   converge get NAME -o json          --small services stored
   converge get                       --big services stored (table of all)
   converge apply --dry-run -f ONE    one manifest, --big services stored
+`get` on the file store reads the objects converge wrote as JSON, without pydantic (see
+converge.storefiles); `apply` validates the manifest with the API models.
 Reports median / min / p95 wall seconds and the median as a multiple of `python -c pass`
 (and of kubectl), and the median CPU seconds (user+system of the process, from
 getrusage): on a machine shared with other work, CPU time is inflated far less than wall
@@ -112,6 +115,7 @@ def main() -> None:
             py = str(venv / "python")
             cases: list[tuple[str, list[str], int]] = [
                 ("python -c pass", [py, "-c", "pass"], args.rounds),
+                ('python -c "import click"', [py, "-c", "import click"], args.rounds),
                 ('python -c "import pydantic, click"', [py, "-c", "import pydantic, click"], args.rounds),
                 ('python -c "import converge.api"', [py, "-c", "import converge.api"], args.rounds),
             ]

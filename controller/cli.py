@@ -387,15 +387,9 @@ def _list_docs(c: Ctx, namespace: str | None, sel: Any) -> tuple[list[dict[str, 
     if root is None:
         listed = c.client.store.list(namespace, sel)
         return [o.dump() for o in listed.items], list(listed.errors)
-    import gc
-
     from converge.storefiles import documents
 
-    gc.disable()  # thousands of new dicts, none garbage: the collector would only walk them again and again
-    try:
-        docs, errors = documents(root, namespace, lambda d: sel.matches(d["metadata"].get("labels") or {}))
-    finally:
-        gc.enable()
+    docs, errors = documents(root, namespace, lambda d: sel.matches(d["metadata"].get("labels") or {}))
     return docs, list(errors)
 
 

@@ -199,6 +199,11 @@ class FileStore:
 
     def list(self, namespace: str | None = None, selector: Selector | None = None) -> ListResult:
         out = ListResult()
+        with storefiles.bulk():
+            self._list_into(out, namespace, selector)
+        return out
+
+    def _list_into(self, out: ListResult, namespace: str | None, selector: Selector | None) -> None:
         for found in storefiles.object_files(self.root, namespace):
             if isinstance(found, CorruptObject):
                 out.errors.append(found)
@@ -213,7 +218,6 @@ class FileStore:
                 continue
             if selector is None or selector.matches(obj.metadata.labels):
                 out.items.append(obj)
-        return out
 
     # ------------------------------------------------------------------ writing
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -45,31 +46,56 @@ class Host:
         self._dirs: dict[ServiceKey, Path] = {}
         self._locks: dict[ServiceKey, str] = {}
 
-    def _inside(self, path: Path) -> list[Path]:
-        """The folders from just below the root down to path."""
-        rel = path.relative_to(self.root)
-        return [self.root.joinpath(*rel.parts[: i + 1]) for i in range(len(rel.parts))]
+    def _inside(self, path: Path) -> list[str]:
+        """The folders from just below the root down to path (str paths: pathlib costs
+        more than the system calls here, once per service on a controller's first pass)."""
+        chain, cur = [], str(self.root)
+        for part in path.relative_to(self.root).parts:
+            cur = os.path.join(cur, part)  # noqa: PTH118
+            chain.append(cur)
+        return chain
+
+    @staticmethod
+    def _not_a_link(p: str, st: os.stat_result) -> None:
+        if stat.S_ISLNK(st.st_mode):
+            raise UnsafeHost(f"{p} is a link: refusing to use it (links inside the store are never followed)")
 
     def _check_no_links(self, path: Path) -> None:
         """Every folder below the root on the way to path is a real folder, never a link:
         a link planted there would make converge write (or delete) outside its root."""
         for p in self._inside(path):
-            if p.is_symlink():
-                raise UnsafeHost(f"{p} is a link: refusing to use it (links inside the store are never followed)")
+            with contextlib.suppress(FileNotFoundError):
+                self._not_a_link(p, os.lstat(p))
 
     def _ensure_dir(self, path: Path) -> None:
         """Create path and its missing parents up to the root, each 0700 (mkdir's
-        `parents` ignores the mode); folders that exist with a wider mode are made 0700."""
+        `parents` ignores the mode); folders that exist with a wider mode are made 0700.
+        Each folder below the root is checked to be no link before anything is made in it."""
         if path in self._made:
             return
-        self._check_no_links(path)
-        missing = [p for p in (path, *path.parents) if not p.exists()]
+        missing, up = [], str(self.root)
+        while not os.path.exists(up):  # noqa: PTH110 - the root and what it needs above it
+            missing.append(up)
+            parent = os.path.dirname(up)  # noqa: PTH120
+            if parent == up:
+                break
+            up = parent
         for p in reversed(missing):
-            p.mkdir(mode=0o700, exist_ok=True)
-        for p in self._inside(path):
-            if p.stat(follow_symlinks=False).st_mode & 0o077:
-                p.chmod(0o700)
-        self._check_no_links(path)  # nothing swapped in while we made them
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(p, 0o700)  # noqa: PTH102
+        inside = self._inside(path)
+        for p in inside:  # top down: a link is refused before anything is made under it
+            try:
+                st = os.lstat(p)
+            except FileNotFoundError:
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(p, 0o700)  # noqa: PTH102
+                st = os.lstat(p)
+            self._not_a_link(p, st)
+            if st.st_mode & 0o077:
+                os.chmod(p, 0o700)  # noqa: PTH101 - checked no link just above
+        for p in inside:  # nothing swapped in while we made them
+            self._not_a_link(p, os.lstat(p))
         self._made.add(path)
 
     def runtime_dir(self, key: ServiceKey) -> Path:

@@ -98,6 +98,8 @@ def test_a_valid_canonical_file_without_a_stamp_is_stamped_by_the_first_validati
 
 def test_get_imports_no_pydantic_and_still_names_a_bad_file(cli: CLI, tmp_path: Path) -> None:
     FileStore(cli.store).create(make("good"))
+    if not stamped(cli.store / "default" / "good.yaml"):
+        pytest.skip("this file system has no user extended attributes")
     probe = ("import atexit, sys; atexit.register(lambda: print('pydantic' in sys.modules, file=sys.stderr)); "
              "from converge.cli import main; main()")
 
