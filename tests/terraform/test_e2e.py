@@ -110,7 +110,8 @@ def test_run_heals_terraform_drift_on_resync(cli: CLI, stack: tuple[Path, Path],
         _wait_for(index.exists, 30, "the first apply")
         index.unlink()
         _wait_for(index.exists, 30, "drift to be applied back")
-        assert cli.obj("site")["status"]["state"] == "active"
+        # The file appears while terraform apply still runs; the status follows when it ends.
+        _wait_for(lambda: cli.obj("site")["status"]["state"] == "active", 30, "active again after the repair")
     finally:
         run.send_signal(signal.SIGINT)
         try:
