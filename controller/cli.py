@@ -146,7 +146,7 @@ class Ctx:
     def key(self, name: str) -> ServiceKey:
         from converge.names import ServiceKey, check_name
 
-        return ServiceKey(self.ns, check_name(name))  # a name is never a path
+        return ServiceKey(check_name(self.ns, "namespace"), check_name(name))  # a name is never a path
 
     @property
     def local_root(self) -> Path | None:
