@@ -139,8 +139,30 @@ class Reconciler:
                 backend.suspend(target)
             p = core.Plan(action, status, p.requeue_after, p.settled, p.reason, p.message, p.probe_after)
         except BackendError as exc:
-            p = core.failed(svc, p.status, action, exc, self.clock())
+            return self._write(svc, core.failed(svc, p.status, action, exc, self.clock()))
+        if action == core.Action.provision and self._look_at_once(svc, p):
+            p = self._first_look(svc, backend, replace(target, details=dict(p.status.backend)), desired, p)
         return self._write(svc, p)
+
+    @staticmethod
+    def _look_at_once(svc: ManagedService, p: core.Plan) -> bool:
+        """A start whose first look is due at once, with no health check to wait for."""
+        ep = svc.spec.endpoint
+        return p.requeue_after is not None and p.requeue_after <= core.FIRST_LOOK and (
+            ep is None or ep.healthCheck is None)
+
+    def _first_look(self, svc: ManagedService, backend: Backend, target: Target, desired: str,
+                    p: core.Plan) -> core.Plan:
+        """The first look after a start, in the same pass: a service that runs at once is
+        written active in one status write, not pending_startup and a moment later active
+        (a second write, its watch event and a whole pass for every start). If the look
+        wants another action (not running yet), the start's own plan stands."""
+        started = svc.model_copy(update={"status": p.status})
+        observed = self._observe(started, backend, target, desired)
+        if observed.error is not None:
+            return p
+        again = core.plan(started, observed, self.clock())
+        return p if again.action is not None else again
 
     def _finalize(self, svc: ManagedService, p: core.Plan) -> Outcome:
         """Deprovisioned and being deleted: drop the host's files, then our finalizer."""
