@@ -24,6 +24,7 @@ import contextlib
 import json
 import logging
 import os
+import select
 import selectors
 import signal
 import subprocess
@@ -49,7 +50,9 @@ STOP_STEP = 2.0  # the longest one deprovision call waits: timeouts of delete/do
 PID_FILE = "daemon.json"
 START_INTENT = "daemon.starting"  # exists only while a start is under way
 LOG_FILE = "daemon.log"
-LOG_CHECK_SECONDS = 1.0
+LOG_CHECK_SECONDS = 1.0  # a growing log is checked this often
+LOG_CHECK_MAX = 4.0  # a quiet one this often: a burst after a silence overshoots by this much output at most
+LOG_CHECK_BATCH = 0.5  # checks due this close together run in one wake-up
 TAIL_LINES = 10
 log = logging.getLogger("converge")
 
@@ -115,6 +118,12 @@ def _read_float(path: Path) -> float | None:
         os.close(fd)
 
 
+def log_check_delay(size: int, size_then: int | None) -> float:
+    """Seconds until a log is checked again: LOG_CHECK_SECONDS after a first look and
+    while it grows (or was rotated), LOG_CHECK_MAX while it stays the same size."""
+    return LOG_CHECK_MAX if size == size_then else LOG_CHECK_SECONDS
+
+
 def rotate_log(path: Path, max_bytes: int, files: int) -> bool:
     """copytruncate, while the service writes (O_APPEND, so it goes on at the new end):
     when the log is over max_bytes, daemon.log.N-1 -> .N, the last max_bytes of the log
@@ -163,6 +172,10 @@ class DaemonBackend:
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
         self._logs: dict[ServiceKey, tuple[Path, int, int]] = {}  # key -> (log, max bytes, files kept)
+        self._log_due: dict[ServiceKey, tuple[float, int | None]] = {}  # key -> (next check, size then)
+        self._records: dict[Path, tuple[tuple[int, int, int, int], dict[str, Any]]] = {}  # pid file -> (stat, record)
+        self._ours: dict[int, float] = {}  # pid -> createTime: checked to be the service's, its pidfd armed
+        self._paths: dict[Path, tuple[Path, Path, Path, str]] = {}  # runtime dir -> pid file, intent, log, str(log)
 
     # ------------------------------------------------------------------ identity
 
@@ -170,14 +183,37 @@ class DaemonBackend:
     def _pidfile(target: Target) -> Path:
         return target.runtime_dir / PID_FILE
 
+    def _files(self, target: Target) -> tuple[Path, Path, Path, str]:
+        """The service's pid file, start intent and log (and the log as text), made once:
+        pathlib's joins cost more than the rest of a steady-state observe."""
+        d = target.runtime_dir
+        files = self._paths.get(d)
+        if files is None:
+            log_path = d / LOG_FILE
+            files = self._paths[d] = (d / PID_FILE, d / START_INTENT, log_path, str(log_path))
+        return files
+
     def _record(self, target: Target) -> dict[str, Any] | None:
+        """The pid file's record (shared: never changed by callers), parsed again only when
+        the file's (inode, mtime, ctime, size) changed: each start replaces it by a rename."""
+        path = self._files(target)[0]
         try:
-            data = json.loads(self._pidfile(target).read_text())
-        except FileNotFoundError:
+            st = path.stat()
+        except OSError:
+            self._records.pop(path, None)
             return None
+        sig = (st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
+        hit = self._records.get(path)
+        if hit is not None and hit[0] == sig:
+            return hit[1]
+        try:
+            data = json.loads(path.read_text())
         except (OSError, ValueError):
-            return None  # a torn or foreign file is no identity
-        return data if isinstance(data, dict) and isinstance(data.get("pid"), int) else None
+            return None  # gone since, torn or foreign: no identity
+        if not (isinstance(data, dict) and isinstance(data.get("pid"), int)):
+            return None
+        self._records[path] = (sig, data)
+        return data
 
     def _live(self, rec: Mapping[str, Any]) -> psutil.Process | None:
         """The process the record names, if it is still that very process."""
@@ -197,6 +233,30 @@ class DaemonBackend:
             return None
         except psutil.AccessDenied:
             return None
+
+    def _known_state(self, rec: Mapping[str, Any]) -> str | None:
+        """The state letter (/proc/PID/stat: R, S, D, T ...) of the process rec names, if it
+        is one observe already found to be the service's (same pid and start time) and its
+        pidfd, armed since, says it has not exited: a pidfd refers to that one process, so
+        no pid reuse can fool it. None: look the slow way (psutil, start time, argv)."""
+        pid = int(rec["pid"])
+        with self._mu:
+            if self._ours.get(pid) != rec.get("createTime", -1) or pid not in self._watched:
+                return None
+            pidfd = self._watched[pid][0]
+            try:
+                exited = bool(select.select([pidfd], [], [], 0)[0])  # readable once it exits
+            except (OSError, ValueError):
+                exited = True
+        if exited:
+            return None
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                data = f.read()
+        except OSError:
+            return None
+        state = data[data.rfind(b")") + 2:][:1].decode()
+        return None if state in ("", "Z", "X") else state
 
     @staticmethod
     def _marked(proc: psutil.Process, rec: Mapping[str, Any]) -> bool:
@@ -247,12 +307,19 @@ class DaemonBackend:
         intent.unlink(missing_ok=True)
 
     def observe(self, target: Target) -> Observation:
-        self._recover_interrupted_start(target)
+        _, intent, _, log_file = self._files(target)
+        if intent.exists():
+            self._recover_interrupted_start(target)
         self._watch_log(target)
         rec = self._record(target)
         if rec is None:
             return Observation(Phase.absent)
-        details = {"pid": rec["pid"], "log": str(target.runtime_dir / LOG_FILE)}
+        details = {"pid": rec["pid"], "log": log_file}
+        state = self._known_state(rec)
+        if state is not None:  # the very process checked before, still alive: no psutil look
+            if state == "T":
+                return Observation(Phase.suspended, "process group stopped (SIGSTOP)", details, rec.get("specHash"))
+            return Observation(Phase.running, "", details, rec.get("specHash"))
         proc = self._live(rec)
         if proc is None:
             self._reap(int(rec["pid"]))  # it may have died between _live's poll and its look
@@ -265,6 +332,9 @@ class DaemonBackend:
             msg = f"process {rec['pid']} {how}" + (f"\n{log}" if log else "")
             return Observation(Phase.exited, msg, details, rec.get("specHash"), exit_code=code)
         self._arm(proc.pid, target.key)
+        with self._mu:
+            if proc.pid in self._watched:
+                self._ours[proc.pid] = float(rec.get("createTime", -1))
         if proc.status() == psutil.STATUS_STOPPED:
             return Observation(Phase.suspended, "process group stopped (SIGSTOP)", details, rec.get("specHash"))
         return Observation(Phase.running, "", details, rec.get("specHash"))
@@ -579,19 +649,57 @@ class DaemonBackend:
         os.write(self._wake_w, b"x")
 
     def _watch_log(self, target: Target) -> None:
-        """Keep the service's log within its size while it runs (the exit watcher's thread
-        checks every second; each observe checks too)."""
+        """Keep the service's log within its size while it runs: the exit watcher's thread
+        checks it (`_rotate_due`); without that thread (a one-off `converge reconcile`),
+        each observe checks."""
         if isinstance(target.config, DaemonSpec):
-            entry = (target.runtime_dir / LOG_FILE, target.config.logMaxBytes, target.config.logMaxFiles)
+            entry = (self._files(target)[2], target.config.logMaxBytes, target.config.logMaxFiles)
             with self._mu:
+                known = self._logs.get(target.key) == entry
                 self._logs[target.key] = entry
-            rotate_log(*entry)
+            if self._thread is None:
+                rotate_log(*entry)
+            elif not known:  # new or changed: the watcher looks at it soon
+                with self._mu:
+                    self._log_due[target.key] = (0.0, None)
+                self._wake()
 
-    def _rotate_all(self) -> None:
+    def _wake(self) -> None:
+        if self._wake_w >= 0:
+            os.write(self._wake_w, b"x")
+
+    def _rotate_due(self) -> float:
+        """Check the logs whose check is due (one stat each; rotated when over their size);
+        return the seconds until the next one is due. A log is looked at again in
+        log_check_delay(): every second while it grows toward its limit, every
+        LOG_CHECK_MAX seconds while it is quiet."""
+        now = time.monotonic()
         with self._mu:
-            entries = list(self._logs.values())
-        for entry in entries:
-            rotate_log(*entry)
+            entries = list(self._logs.items())
+            due = dict(self._log_due)
+        soonest = LOG_CHECK_MAX
+        updates: dict[ServiceKey, tuple[float, int | None]] = {}
+        for key, (path, max_bytes, files) in entries:
+            when, size_then = due.get(key, (0.0, None))
+            if when > now + LOG_CHECK_BATCH:
+                soonest = min(soonest, when - now)
+                continue
+            try:
+                size = path.lstat().st_size
+            except OSError:
+                size = 0
+            if size > max_bytes and rotate_log(path, max_bytes, files):
+                size = 0
+            delay = log_check_delay(size, size_then)
+            updates[key] = (now + delay, size)
+            soonest = min(soonest, delay)
+        with self._mu:
+            for key, value in updates.items():
+                if key in self._logs:
+                    self._log_due[key] = value
+            for key in [k for k in self._log_due if k not in self._logs]:
+                del self._log_due[key]  # deprovisioned
+        return max(soonest, 0.0)
 
     def _loop(self) -> None:
         while not self._stopping.is_set():
@@ -603,9 +711,9 @@ class DaemonBackend:
 
     def _loop_once(self) -> None:
         assert self._selector is not None
+        timeout = 0.0
         while not self._stopping.is_set():
-            events = self._selector.select(timeout=LOG_CHECK_SECONDS)
-            self._rotate_all()
+            events = self._selector.select(timeout=timeout)
             for sk, _ in events:
                 if sk.data is None:
                     with contextlib.suppress(BlockingIOError):
@@ -614,6 +722,7 @@ class DaemonBackend:
                 pid = int(sk.data)
                 with self._mu:
                     entry = self._watched.pop(pid, None)
+                    self._ours.pop(pid, None)
                     if entry is None:
                         continue
                     pidfd, key = entry
@@ -622,6 +731,7 @@ class DaemonBackend:
                 self._reap(pid)
                 if self._notify is not None:
                     self._notify(key)
+            timeout = self._rotate_due()
 
     def close(self) -> None:
         self._stopping.set()
