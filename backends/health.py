@@ -1,13 +1,20 @@
 """Health monitors: HTTP and TCP probes of a service's endpoint.
 
 One probe is one short blocking check with a timeout; the reconcile core counts
-failures and decides the state (converge.core), this module only looks.
+failures and decides the state (converge.core), this module only looks. `Pending` is the
+same plain-HTTP or TCP probe without blocking, for a prober that drives many at once
+from one thread and one selector (converge.prober): same request, same results.
 """
 
 from __future__ import annotations
 
+import errno
+import functools
 import ipaddress
+import os
+import selectors
 import socket
+import time
 
 from converge.api import HealthCheck
 from converge.backends.base import ProbeResult
@@ -70,12 +77,27 @@ def probe_http(tls: bool, host: str, port: int, path: str, status: int, timeout:
         conn.close()
 
 
+def _request(host: str, port: int, path: str) -> bytes:
+    hostport = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return f"GET {path} HTTP/1.0\r\nHost: {hostport}\r\nUser-Agent: converge-probe\r\n\r\n".encode()
+
+
+def _judge(url: str, head: bytes, status: int) -> ProbeResult:
+    """The probe's result from the response's first bytes (the status line)."""
+    parts = head.split(b"\r\n", 1)[0].split()
+    if len(parts) < 2 or not parts[0].startswith(b"HTTP/") or not parts[1].isdigit():
+        return ProbeResult(False, f"GET {url}: not an HTTP response")
+    got = int(parts[1])
+    if got != status:
+        return ProbeResult(False, f"GET {url}: status {got}, want {status}")
+    return ProbeResult(True)
+
+
 def _probe_plain_http(host: str, port: int, path: str, status: int, timeout: float) -> ProbeResult:
     """HTTP/1.0 GET reading only the status line: a tenth of http.client's CPU, which
     matters when a controller probes hundreds of services."""
     url = f"http://{host}:{port}{path}"
-    hostport = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    request = f"GET {path} HTTP/1.0\r\nHost: {hostport}\r\nUser-Agent: converge-probe\r\n\r\n".encode()
+    request = _request(host, port, path)
     try:
         with _connect(host, port, timeout) as s:
             s.sendall(request)
@@ -87,10 +109,104 @@ def _probe_plain_http(host: str, port: int, path: str, status: int, timeout: flo
                 head += chunk
     except OSError as exc:
         return ProbeResult(False, f"GET {url}: {exc.strerror or exc}")
-    parts = head.split(b"\r\n", 1)[0].split()
-    if len(parts) < 2 or not parts[0].startswith(b"HTTP/") or not parts[1].isdigit():
-        return ProbeResult(False, f"GET {url}: not an HTTP response")
-    got = int(parts[1])
-    if got != status:
-        return ProbeResult(False, f"GET {url}: status {got}, want {status}")
-    return ProbeResult(True)
+    return _judge(url, head, status)
+
+
+@functools.lru_cache(maxsize=256)
+def _family(host: str) -> socket.AddressFamily | None:
+    try:
+        return socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
+    except ValueError:
+        return None  # a name: resolving it blocks
+
+
+class Pending:
+    """One plain-HTTP or TCP probe in flight on a non-blocking socket: the caller waits
+    for `events` on `sock` (a selector) and calls `step()` when they come, until it
+    returns the result; `expire()` once `deadline` (time.monotonic) passes. The same
+    request and the same results as `probe()`, and one deadline for the whole probe."""
+
+    def __init__(self, sock: socket.socket, url: str, request: bytes | None, status: int, deadline: float) -> None:
+        self.sock = sock
+        self.url = url
+        self._tcp = request is None
+        self._out = request or b""  # what is left to send
+        self._connected = False
+        self._status = status
+        self.deadline = deadline
+        self.events = selectors.EVENT_WRITE  # connecting
+        self._head = b""
+
+    @classmethod
+    def start(cls, check: HealthCheck, protocol: str, host: str, port: int) -> Pending | ProbeResult | None:
+        """The probe under way (or already decided: a connect refused at once); None when it
+        needs a blocking probe() (HTTPS, or a host name to resolve)."""
+        family = _family(host)
+        if family is None or (check.http is not None and protocol == "https"):
+            return None
+        if check.http is not None:
+            url, request = f"http://{host}:{port}{check.http.path}", _request(host, port, check.http.path)
+            status, timeout = check.http.status, check.http.timeoutSeconds
+        else:
+            url, request, status = f"{host}:{port}", None, 0
+            timeout = check.tcp.timeoutSeconds if check.tcp is not None else 2.0
+        s = socket.socket(family, socket.SOCK_STREAM)
+        pending = cls(s, url, request, status, time.monotonic() + timeout)
+        try:
+            s.setblocking(False)
+            err = s.connect_ex((host, port))
+        except OSError as exc:
+            s.close()
+            return pending._fail(exc.strerror or str(exc))
+        if err not in (0, errno.EINPROGRESS):
+            s.close()
+            return pending._fail(os.strerror(err))
+        if not pending._tcp:
+            # On loopback the handshake is done by now: send at once, saving a wake-up for
+            # "writable" (a refused connect says so here; not yet connected: wait for it).
+            try:
+                pending._send()
+            except BlockingIOError:
+                pass
+            except OSError as exc:
+                s.close()
+                return pending._fail(exc.strerror or str(exc))
+        return pending
+
+    def _send(self) -> None:
+        self._out = self._out[self.sock.send(self._out):]
+        self._connected = True
+        if not self._out:
+            self.events = selectors.EVENT_READ
+
+    def _fail(self, why: str) -> ProbeResult:
+        return ProbeResult(False, f"tcp {self.url}: {why}" if self._tcp else f"GET {self.url}: {why}")
+
+    def step(self) -> ProbeResult | None:
+        """Go on after the socket became ready; the result once decided (then close())."""
+        try:
+            if self.events == selectors.EVENT_WRITE:
+                if not self._connected:
+                    err = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                    if err:
+                        return self._fail(os.strerror(err))
+                    if self._tcp:
+                        return ProbeResult(True)
+                self._send()
+                return None
+            chunk = self.sock.recv(1024)
+        except BlockingIOError:
+            return None
+        except OSError as exc:
+            return self._fail(exc.strerror or str(exc))
+        self._head += chunk
+        if chunk and b"\r\n" not in self._head and len(self._head) < 1024:
+            return None
+        return _judge(self.url, self._head, self._status)
+
+    def expire(self) -> ProbeResult:
+        """The result when the deadline passed first (then close())."""
+        return self._fail("timed out")
+
+    def close(self) -> None:
+        self.sock.close()

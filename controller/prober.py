@@ -6,102 +6,242 @@ probed every period, and only a failed probe sends the key back to the work queu
 the reconcile counts the failure and decides. Process exits and store changes still go
 straight to the queue; a periodic resync still re-observes everything.
 
-Probes run on a bounded pool of threads: one endpoint that accepts and never answers
-holds one thread for at most its probe's timeout, never the others' probes (a key is
-probed by one thread at a time). Only `concurrency` endpoints hung at once can delay
-the rest, and only by their timeout.
+One thread drives every plain-HTTP and TCP probe at once on non-blocking sockets and one
+selector (converge.backends.health.Pending): no thread hand-off per probe, which at
+hundreds of services is most of an idle controller's CPU. Probes that block (HTTPS, a
+host name to resolve) run on a small pool of threads. Either way at most `concurrency`
+probes are in flight: one endpoint that accepts and never answers holds one of those
+places for at most its probe's timeout, never the others' probes (a key is probed once
+at a time). Only `concurrency` endpoints hung at once can delay the rest, and only by
+their timeout.
+
+A key's first probe is due at its own phase within the period (a hash of the key), so
+services that became healthy together are not probed together ever after; later passes
+over a tracked key keep its schedule.
 """
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import logging
+import os
+import selectors
 import threading
 import time
+import zlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from converge.api import ServiceKey
+from converge.backends.base import ProbeResult
+from converge.backends.health import Pending
 from converge.reconciler import Probe
 from converge.supervise import supervised
 
 log = logging.getLogger("converge")
 
-BATCH_SECONDS = 0.25  # probes due this close together run in one wake-up
-CONCURRENCY = 16  # probes in flight at once
+BATCH_SECONDS = 0.25  # probes due this close together start in one wake-up
+CONCURRENCY = 64  # probes in flight at once
+COALESCE_SECONDS = 0.005  # after starting probes, before taking their answers
+THREADS = 8  # at most this many of them blocking probes (HTTPS, host names), on threads
+
+
+def first_delay(key: ServiceKey, period: float, now: float) -> float:
+    """Seconds until a newly tracked key's first probe: its fixed phase in the period, at
+    most one period away (a probe may come early, never late)."""
+    phase = (zlib.crc32(str(key).encode()) / 2**32) * period
+    return (phase - now) % period
 
 
 class Prober:
     def __init__(self, on_failure: Callable[[ServiceKey], None], concurrency: int = CONCURRENCY) -> None:
         self._on_failure = on_failure
-        self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="probe")
-        self._cv = threading.Condition()
+        self._most = max(1, concurrency)
+        self._pool: ThreadPoolExecutor | None = None  # made on the first blocking probe
+        self._mu = threading.Lock()
         self._tracked: dict[ServiceKey, tuple[Probe, float]] = {}  # key -> (probe, due)
+        self._phased: set[ServiceKey] = set()  # keys whose first probe was put at their phase
         self._heap: list[tuple[float, int, ServiceKey]] = []
         self._seq = 0
+        self._inflight: dict[ServiceKey, tuple[Probe, float]] = {}  # key -> (probe, the turn it is for)
+        self._pending: dict[ServiceKey, Pending] = {}  # the non-blocking ones among them
+        self._finished: list[tuple[ServiceKey, Probe, ProbeResult]] = []  # from the pool's threads
+        self._selector = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._selector.register(self._wake_r, selectors.EVENT_READ, None)
         self._closed = False
         self._thread = supervised("prober", self._loop, lambda: self._closed)
         self._thread.start()
 
+    # ------------------------------------------------------------------ callers' side
+
     def track(self, key: ServiceKey, probe: Probe) -> None:
-        due = time.monotonic() + probe.period
-        with self._cv:
-            self._tracked[key] = (probe, due)
-            self._seq += 1
-            heapq.heappush(self._heap, (due, self._seq, key))
-            self._cv.notify()
+        """Probe key every probe.period from now on (a key tracked with the same check
+        keeps its schedule)."""
+        now = time.monotonic()
+        with self._mu:
+            cur = self._tracked.get(key)
+            if cur is not None and cur[0] == probe:
+                self._tracked[key] = (probe, cur[1])  # this pass's recorder, the same schedule
+                return
+            if key in self._phased:
+                due = now + probe.period
+            else:
+                self._phased.add(key)
+                due = now + first_delay(key, probe.period, now)
+            self._schedule(key, probe, due)
+        self._wake()
 
     def untrack(self, key: ServiceKey) -> None:
-        with self._cv:
+        with self._mu:
             self._tracked.pop(key, None)
+            self._phased.discard(key)
 
     def close(self) -> None:
-        with self._cv:
+        with self._mu:
             self._closed = True
-            self._cv.notify()
+        self._wake()
         self._thread.join(timeout=5)
-        self._pool.shutdown(wait=False, cancel_futures=True)  # a hung probe ends at its timeout
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)  # a hung probe ends at its timeout
+        for pending in self._pending.values():
+            pending.close()
+        self._selector.close()
+        with self._mu:  # a pool thread may still end a probe: never write to a reused fd number
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+            self._wake_w = -1
 
-    def _next(self) -> tuple[ServiceKey, Probe] | None:
-        with self._cv:
-            while not self._closed:
-                now = time.monotonic()
-                while self._heap:
-                    due, _, key = self._heap[0]
-                    entry = self._tracked.get(key)
-                    if entry is None or entry[1] != due:
-                        heapq.heappop(self._heap)  # untracked or rescheduled since
-                        continue
-                    if due <= now + BATCH_SECONDS:  # a little early beats an extra wake-up
-                        heapq.heappop(self._heap)
-                        return key, entry[0]
+    # ------------------------------------------------------------------ the prober's thread
+
+    def _schedule(self, key: ServiceKey, probe: Probe, due: float) -> None:
+        """Under self._mu."""
+        self._tracked[key] = (probe, due)
+        self._seq += 1
+        heapq.heappush(self._heap, (due, self._seq, key))
+
+    def _wake(self) -> None:
+        with self._mu, contextlib.suppress(BlockingIOError):  # full: it wakes anyway
+            if self._wake_w >= 0:
+                os.write(self._wake_w, b"x")
+
+    def _due(self, now: float) -> tuple[list[tuple[ServiceKey, Probe]], float | None]:
+        """Keys to probe now (up to the places free) and the seconds until the next one."""
+        out: list[tuple[ServiceKey, Probe]] = []
+        with self._mu:
+            free = self._most - len(self._inflight)
+            while self._heap and free > 0:
+                due, _, key = self._heap[0]
+                entry = self._tracked.get(key)
+                if entry is None or entry[1] != due:
+                    heapq.heappop(self._heap)  # untracked or rescheduled since
+                    continue
+                if due > now + BATCH_SECONDS:  # a little early beats an extra wake-up
                     break
-                self._cv.wait(self._heap[0][0] - now - BATCH_SECONDS / 2 if self._heap else None)
-            return None
+                heapq.heappop(self._heap)
+                if key in self._inflight:
+                    continue  # rescheduled when the probe in flight ends
+                self._inflight[key] = entry
+                out.append((key, entry[0]))
+                free -= 1
+            wait = None if not self._heap or free <= 0 else max(0.0, self._heap[0][0] - now - BATCH_SECONDS / 2)
+        return out, wait
 
     def _loop(self) -> None:
-        while (item := self._next()) is not None:
-            try:
-                self._pool.submit(self._probe, *item)
-            except RuntimeError:  # shut down while closing
-                return
+        while not self._closed:
+            now = time.monotonic()
+            starting, wait = self._due(now)
+            for key, probe in starting:
+                self._start(key, probe)
+            with self._mu:
+                finished, self._finished = self._finished, []
+            for key, probe, result in finished:
+                self._end(key, probe, result)
+            if finished:
+                continue  # places freed: more may start before sleeping
+            if self._pending:
+                soonest = max(0.0, min(p.deadline for p in self._pending.values()) - now)
+                wait = soonest if wait is None else min(wait, soonest)
+            if starting and self._pending:
+                # Let the endpoints answer, then take all the answers in one wake-up: each
+                # wake-up of a thread costs about as much CPU as a probe's own work.
+                time.sleep(COALESCE_SECONDS)
+                wait = 0.0
+            for sk, _ in self._selector.select(wait):
+                if sk.data is None:
+                    with contextlib.suppress(BlockingIOError):
+                        while os.read(self._wake_r, 4096):
+                            pass
+                else:
+                    self._step(sk.data)
+            now = time.monotonic()
+            for key in [k for k, p in self._pending.items() if p.deadline <= now]:
+                self._settle(key, self._pending[key].expire())
 
-    def _probe(self, key: ServiceKey, probe: Probe) -> None:
+    def _start(self, key: ServiceKey, probe: Probe) -> None:
         try:
-            ok = probe.run().ok
+            started = probe.start()
         except Exception:  # a probe must never kill the prober
             log.exception("%s: probe failed unexpectedly", key)
-            ok = False
-        with self._cv:
-            current = self._tracked.get(key)
-            if current is None or current[0] is not probe:
-                return  # re-tracked or dropped while probing
-            if ok:
-                due = time.monotonic() + probe.period
-                self._tracked[key] = (probe, due)
-                self._seq += 1
-                heapq.heappush(self._heap, (due, self._seq, key))
-                self._cv.notify()
+            started = ProbeResult(False, "probe failed unexpectedly")
+        if isinstance(started, ProbeResult):
+            self._end(key, probe, started)
+        elif started is not None:
+            self._pending[key] = started
+            self._selector.register(started.sock, started.events, key)
+        else:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=min(THREADS, self._most), thread_name_prefix="probe")
+            with contextlib.suppress(RuntimeError):  # shut down while closing
+                self._pool.submit(self._blocking, key, probe)
+
+    def _blocking(self, key: ServiceKey, probe: Probe) -> None:
+        """On a pool thread: a probe that can only block; its end is the prober thread's."""
+        try:
+            result = probe.blocking()
+        except Exception:
+            log.exception("%s: probe failed unexpectedly", key)
+            result = ProbeResult(False, "probe failed unexpectedly")
+        with self._mu:
+            self._finished.append((key, probe, result))
+        self._wake()
+
+    def _step(self, key: ServiceKey) -> None:
+        pending = self._pending[key]
+        events = pending.events
+        try:
+            result = pending.step()
+        except Exception:
+            log.exception("%s: probe failed unexpectedly", key)
+            result = ProbeResult(False, "probe failed unexpectedly")
+        if result is not None:
+            self._settle(key, result)
+        elif pending.events != events:
+            self._selector.modify(pending.sock, pending.events, key)
+
+    def _settle(self, key: ServiceKey, result: ProbeResult) -> None:
+        """A non-blocking probe's end: its socket closed, its result taken."""
+        pending = self._pending.pop(key)
+        self._selector.unregister(pending.sock)
+        pending.close()
+        with self._mu:
+            probe = self._inflight[key][0]
+        self._end(key, probe, result)
+
+    def _end(self, key: ServiceKey, probe: Probe, result: ProbeResult) -> None:
+        """A probe ended: record it, then probe again after the period or report the failure."""
+        probe.finish(result)
+        with self._mu:
+            turn = self._inflight.pop(key, (probe, -1.0))[1]
+            cur = self._tracked.get(key)
+            if cur is None or cur[0] != probe:
+                return  # untracked, or tracked with another check while probing
+            if result.ok:
+                if cur[1] == turn:  # not given another turn while probing
+                    self._schedule(key, cur[0], time.monotonic() + cur[0].period)
                 return
             del self._tracked[key]
         self._on_failure(key)

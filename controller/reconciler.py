@@ -18,7 +18,7 @@ from converge.api import FINALIZER, AdminState, HealthCheck, ManagedService, Man
 from converge.backends.base import Backend, Observation, Phase, ProbeResult, Target, owns_endpoint
 from converge.backends.env import scrub, secrets_of
 from converge.backends.errors import BackendError
-from converge.backends.health import probe
+from converge.backends.health import Pending, probe
 from converge.conditions import is_ready
 from converge.host import Host, UnsafeHost
 from converge.outcome import Outcome as Outcome  # also converge.reconciler.Outcome, as before
@@ -44,7 +44,19 @@ class Probe:
     record: Callable[[ProbeResult], None] | None = field(default=None, compare=False)
 
     def run(self) -> ProbeResult:
-        result = probe(self.check, self.protocol, self.host, self.port)
+        """Probe now, blocking up to the check's timeout, and record the result."""
+        return self.finish(self.blocking())
+
+    def blocking(self) -> ProbeResult:
+        """Probe now, blocking up to the check's timeout (not recorded: see finish())."""
+        return probe(self.check, self.protocol, self.host, self.port)
+
+    def start(self) -> Pending | ProbeResult | None:
+        """The probe without blocking (see converge.backends.health.Pending); None when
+        only run() can do it. Its result goes through finish()."""
+        return Pending.start(self.check, self.protocol, self.host, self.port)
+
+    def finish(self, result: ProbeResult) -> ProbeResult:
         if self.record is not None:
             self.record(result)  # the reconcile this may trigger uses it instead of probing again
         return result
