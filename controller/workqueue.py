@@ -25,6 +25,7 @@ class WorkQueue(Generic[K]):
         self._processing: set[K] = set()
         self._dirty_while_processing: dict[K, float] = {}
         self._closed = False
+        self._timers: list[float] = []  # due times that callers of get() sleep until
 
     def add(self, key: K) -> None:
         self.add_after(key, 0.0)
@@ -48,7 +49,12 @@ class WorkQueue(Generic[K]):
             self._cv.notify()
 
     def get(self, timeout: float | None = None) -> K | None:
-        """The next due key, or None when closed or after timeout."""
+        """The next due key, or None when closed or after timeout.
+
+        Of the idle callers, one sleeps until the next delayed key is due (a "timer"); the
+        others sleep until woken: N idle workers wake once per due key, not N times (each
+        wake-up of a thread costs CPU; at idle, the resync's keys are all there is). A timer
+        that takes a key wakes one other caller to time the next."""
         end = None if timeout is None else time.monotonic() + timeout
         with self._cv:
             while not self._closed:
@@ -59,14 +65,24 @@ class WorkQueue(Generic[K]):
                     _, _, key = heapq.heappop(self._heap)
                     del self._due[key]
                     self._processing.add(key)
+                    if self._heap and not self._timers:
+                        self._cv.notify()  # someone must sleep until the next one is due
                     return key
-                wait = self._heap[0][0] - now if self._heap else None
+                target = self._heap[0][0] if self._heap else None
+                timing = target is not None and all(t > target for t in self._timers)
+                wait = target - now if timing and target is not None else None
                 if end is not None:
                     left = end - now
                     if left <= 0:
                         return None
                     wait = left if wait is None else min(wait, left)
-                self._cv.wait(wait)
+                if timing and target is not None:
+                    self._timers.append(target)
+                try:
+                    self._cv.wait(wait)
+                finally:
+                    if timing and target is not None:
+                        self._timers.remove(target)
             return None
 
     def done(self, key: K) -> None:

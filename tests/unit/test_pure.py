@@ -89,3 +89,36 @@ def test_workqueue_add_after_keeps_earliest_and_close_wakes() -> None:
     q.close()
     th.join(2)
     assert got == [None]
+
+
+def test_workqueue_idle_workers_sleep_until_woken_and_due_keys_are_never_late() -> None:
+    """One idle worker sleeps until the next delayed key is due, the others until woken; a
+    key that falls due while that one is busy is still handed out on time, by another."""
+    q: WorkQueue[str] = WorkQueue()
+    got: dict[str, float] = {}
+    mu = threading.Lock()
+
+    def work() -> None:
+        while (key := q.get()) is not None:
+            with mu:
+                got[key] = time.monotonic()
+            time.sleep(0.5)  # busy well past the next key's due time
+            q.done(key)
+
+    workers = [threading.Thread(target=work) for _ in range(4)]
+    for w in workers:
+        w.start()
+    time.sleep(0.05)  # all idle in get()
+    t0 = time.monotonic()
+    q.add_after("first", 0.1)
+    q.add_after("second", 0.25)
+    q.add_after("third", 0.3)
+    deadline = time.monotonic() + 5
+    while len(got) < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    q.close()
+    for w in workers:
+        w.join(2)
+    assert set(got) == {"first", "second", "third"}, got
+    assert got["second"] - t0 < 0.45, got  # not after "first" was done (0.6 s)
+    assert got["third"] - t0 < 0.5, got
