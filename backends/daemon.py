@@ -21,6 +21,7 @@ every known daemon's pidfd and reports a key the moment its process ends.
 from __future__ import annotations
 
 import contextlib
+import heapq
 import json
 import logging
 import os
@@ -52,7 +53,7 @@ START_INTENT = "daemon.starting"  # exists only while a start is under way
 LOG_FILE = "daemon.log"
 LOG_CHECK_SECONDS = 1.0  # a growing log is checked this often
 LOG_CHECK_MAX = 4.0  # a quiet one this often: a burst after a silence overshoots by this much output at most
-LOG_CHECK_BATCH = 0.5  # checks due this close together run in one wake-up
+LOG_CHECK_BATCH = 0.25  # checks due this close together run in one wake-up
 TAIL_LINES = 10
 log = logging.getLogger("converge")
 
@@ -173,6 +174,8 @@ class DaemonBackend:
         self._stopping = threading.Event()
         self._logs: dict[ServiceKey, tuple[Path, int, int]] = {}  # key -> (log, max bytes, files kept)
         self._log_due: dict[ServiceKey, tuple[float, int | None]] = {}  # key -> (next check, size then)
+        self._log_heap: list[tuple[float, int, ServiceKey]] = []  # (next check, seq, key); stale ones skipped
+        self._log_seq = 0
         self._records: dict[Path, tuple[tuple[int, int, int, int], dict[str, Any]]] = {}  # pid file -> (stat, record)
         self._ours: dict[int, float] = {}  # pid -> createTime: checked to be the service's, its pidfd armed
         self._paths: dict[Path, tuple[Path, Path, Path, str]] = {}  # runtime dir -> pid file, intent, log, str(log)
@@ -659,9 +662,9 @@ class DaemonBackend:
                 self._logs[target.key] = entry
             if self._thread is None:
                 rotate_log(*entry)
-            elif not known:  # new or changed: the watcher looks at it soon
+            elif not known:  # new or changed: the watcher looks at it now
                 with self._mu:
-                    self._log_due[target.key] = (0.0, None)
+                    self._plan_log_check(target.key, 0.0, None)
                 self._wake()
 
     def _wake(self) -> None:
@@ -670,36 +673,37 @@ class DaemonBackend:
 
     def _rotate_due(self) -> float:
         """Check the logs whose check is due (one stat each; rotated when over their size);
-        return the seconds until the next one is due. A log is looked at again in
-        log_check_delay(): every second while it grows toward its limit, every
-        LOG_CHECK_MAX seconds while it is quiet."""
+        return the seconds until the next one is due. A log is looked at again after
+        log_check_delay(): every second while it grows, every LOG_CHECK_MAX seconds while
+        it is quiet."""
         now = time.monotonic()
+        due: list[tuple[ServiceKey, tuple[Path, int, int], int | None]] = []
         with self._mu:
-            entries = list(self._logs.items())
-            due = dict(self._log_due)
-        soonest = LOG_CHECK_MAX
-        updates: dict[ServiceKey, tuple[float, int | None]] = {}
-        for key, (path, max_bytes, files) in entries:
-            when, size_then = due.get(key, (0.0, None))
-            if when > now + LOG_CHECK_BATCH:
-                soonest = min(soonest, when - now)
-                continue
+            while self._log_heap and self._log_heap[0][0] <= now + LOG_CHECK_BATCH:
+                when, _, key = heapq.heappop(self._log_heap)
+                entry, planned = self._logs.get(key), self._log_due.get(key)
+                if entry is None:
+                    self._log_due.pop(key, None)  # deprovisioned
+                elif planned is not None and planned[0] == when:  # else: planned again since
+                    due.append((key, entry, planned[1]))
+        for key, (path, max_bytes, files), size_then in due:
             try:
                 size = path.lstat().st_size
             except OSError:
                 size = 0
+            delay = log_check_delay(size, size_then)
             if size > max_bytes and rotate_log(path, max_bytes, files):
                 size = 0
-            delay = log_check_delay(size, size_then)
-            updates[key] = (now + delay, size)
-            soonest = min(soonest, delay)
+            with self._mu:
+                self._plan_log_check(key, now + delay, size)
         with self._mu:
-            for key, value in updates.items():
-                if key in self._logs:
-                    self._log_due[key] = value
-            for key in [k for k in self._log_due if k not in self._logs]:
-                del self._log_due[key]  # deprovisioned
-        return max(soonest, 0.0)
+            return max(0.0, self._log_heap[0][0] - now) if self._log_heap else LOG_CHECK_MAX
+
+    def _plan_log_check(self, key: ServiceKey, when: float, size: int | None) -> None:
+        """Under self._mu."""
+        self._log_due[key] = (when, size)
+        self._log_seq += 1
+        heapq.heappush(self._log_heap, (when, self._log_seq, key))
 
     def _loop(self) -> None:
         while not self._stopping.is_set():
