@@ -1,0 +1,53 @@
+"""A start's first look in the same pass (Reconciler._first_look): real FileStore, real
+daemon backend, real processes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from converge.api import AdminState, ManagedService, ServiceKey, State
+from converge.client import Client
+from converge.conditions import is_ready
+
+
+def _svc(name: str, **spec: Any) -> ManagedService:
+    return ManagedService.model_validate({
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {"backend": {"daemon": {"command": ["sleep", "60"]}}, **spec},
+    })
+
+
+@pytest.fixture
+def client(tmp_path: Path) -> Iterator[Client]:
+    c = Client.local(tmp_path / "store")
+    yield c
+    for obj in c.store.list().items:  # stop what the test started
+        spec = obj.spec.model_copy(update={"adminState": AdminState.inactive})
+        c.store.update(obj.model_copy(update={"spec": spec}))
+        for _ in range(50):
+            if c.reconciler.reconcile(obj.key).settled:
+                break
+        assert c.store.get(obj.key).status.state == State.inactive
+
+
+def test_a_start_without_health_check_is_written_active_in_one_status_write(client: Client) -> None:
+    client.store.create(_svc("a"))
+    key = ServiceKey("default", "a")
+    before = client.store.writes
+    out = client.reconciler.reconcile(key)  # one pass: finalizer, start, look, one status
+    got = client.store.get(key)
+    assert (out.state, out.settled) == (State.active.value, True)
+    assert got.status.state == State.active and got.status.lastState == State.pending_startup
+    assert is_ready(got.status.conditions) and got.status.backend.get("pid")
+    assert client.store.writes - before == 2  # the finalizer and one status (was: two statuses)
+
+
+def test_a_start_with_a_health_check_still_waits_for_it(client: Client) -> None:
+    client.store.create(_svc("b", endpoint={"port": 1, "allocatePort": True,
+                                            "healthCheck": {"tcp": {}, "startupTimeoutSeconds": 30}}))
+    out = client.reconciler.reconcile(ServiceKey("default", "b"))  # sleep never listens
+    assert out.state == State.pending_startup.value and not out.settled
