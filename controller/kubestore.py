@@ -9,6 +9,11 @@ makes a status write conflict, while a status planned for an older spec or a del
 and re-created object is refused (Conflict). `watch` lists, then watches with
 bookmarks, and lists again when the API server answers 410 Gone.
 
+Reads: the operator feeds the store kopf's watch events (`seen`) and its own writes'
+answers, and `get` answers from them (converge.kubecache) instead of a request; a write
+the server refuses makes the next read go to the server. Fed by nobody (the CLI), every
+read is a request.
+
 API errors become the store's own at one place (`_error`): 404 NotFound, 409
 AlreadyExists/Conflict, 422 Invalid, 401/403 Forbidden, anything unreachable Unavailable.
 """
