@@ -21,12 +21,14 @@ every known daemon's pidfd and reports a key the moment its process ends.
 from __future__ import annotations
 
 import contextlib
+import errno
 import heapq
 import json
 import logging
 import os
 import select
 import selectors
+import shutil
 import signal
 import subprocess
 import threading
@@ -98,6 +100,23 @@ def _sweep_temp_files(folder: Path) -> None:
             if e.name.startswith(".") and e.name.endswith(".tmp") and e.is_file(follow_symlinks=False):
                 with contextlib.suppress(OSError):
                     Path(e.path).unlink()
+
+
+def _check_program(argv0: str, cwd: Path, env: Mapping[str, str]) -> None:
+    """OSError, as exec would raise it, if argv[0] names no program that can run (looked
+    up like exec does: relative to cwd with a slash, else along the service's PATH)."""
+    path = env.get("PATH", os.defpath)
+    if "/" in argv0:
+        found = cwd / argv0
+        runnable = found.is_file() and os.access(found, os.X_OK)
+        exists = found.exists()
+    else:
+        runnable = shutil.which(argv0, path=path) is not None
+        exists = runnable or shutil.which(argv0, mode=os.F_OK, path=path) is not None
+    if not exists:
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), argv0)
+    if not runnable:
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), argv0)
 
 
 def _create_private(path: Path) -> Any:
@@ -406,10 +425,13 @@ class DaemonBackend:
             raise TemporaryError(f"{log_path}: {exc.strerror} (a link is never followed)",
                                  reason="StartFailed") from None
         cg = cgroups.for_service(target.uid) if usable else None
+        launch = cg.launcher(argv) if cg is not None else None
         try:
-            with cg.joining() if cg is not None else contextlib.nullcontext() as join:
+            if launch is not None:  # the shell's exec would only say "not found" in the log
+                _check_program(argv[0], cwd, full_env)
+            with cg.joining() if cg is not None and launch is None else contextlib.nullcontext() as join:
                 child = subprocess.Popen(
-                    argv, stdin=subprocess.DEVNULL, stdout=fd, stderr=subprocess.STDOUT, env=full_env,
+                    launch or argv, stdin=subprocess.DEVNULL, stdout=fd, stderr=subprocess.STDOUT, env=full_env,
                     cwd=cwd, start_new_session=True, close_fds=True, preexec_fn=join,
                 )
         except OSError as exc:
@@ -426,7 +448,7 @@ class DaemonBackend:
             self._children[child.pid] = child
         try:
             create_time = psutil.Process(child.pid).create_time()
-            cmdline = psutil.Process(child.pid).cmdline()
+            cmdline = argv if launch is not None else psutil.Process(child.pid).cmdline()  # not the shell's
         except psutil.Error:
             create_time, cmdline = 0.0, argv
         rec = {"pid": child.pid, "createTime": create_time, "argv": cmdline or argv,
@@ -636,6 +658,7 @@ class DaemonBackend:
         self._selector.register(self._wake_r, selectors.EVENT_READ, None)
         self._thread = threading.Thread(target=self._loop, name="daemon-exits", daemon=True)
         self._thread.start()
+        threading.Thread(target=cgroups.sweep, name="cgroup-sweep", daemon=True).start()  # once per controller
 
     def _arm(self, pid: int, key: ServiceKey) -> None:
         if self._selector is None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 from pathlib import Path
 
 import psutil
@@ -137,18 +138,27 @@ def test_recorded_refuses_a_link_named_like_the_service(tmp_path: Path) -> None:
         real.remove()
 
 
-def test_a_service_cgroup_is_killed_whole_and_removed_when_empty() -> None:
-    """The cgroup primitives on the real kernel: a child that joins before exec, forks more,
-    and all of it ends with one cgroup.kill."""
+@pytest.mark.parametrize("how", ["launcher", "preexec"])
+def test_a_service_cgroup_is_killed_whole_and_removed_when_empty(how: str) -> None:
+    """The cgroup primitives on the real kernel: a child that joins before its program runs
+    (through /bin/sh, or the preexec_fn fallback), forks more, and all of it ends with one
+    cgroup.kill."""
     import subprocess
 
-    cg = cgroups.for_service("unit-kill-test")
+    cg = cgroups.for_service(f"unit-kill-{how}")
     assert cg is not None
     script = ("import os, time\nfor _ in range(3):\n    if os.fork() == 0:\n        os.setsid(); time.sleep(600)\n"
               "time.sleep(600)\n")
-    with cg.joining() as join:
-        p = subprocess.Popen([PY, "-c", script], start_new_session=True, preexec_fn=join, env={})
+    argv = [PY, "-c", script, "a 'quoted' $(arg); `x`"]
+    if how == "launcher":
+        launch = cg.launcher(argv)
+        assert launch is not None
+        p = subprocess.Popen(launch, start_new_session=True, env={})
+    else:
+        with cg.joining() as join:
+            p = subprocess.Popen(argv, start_new_session=True, preexec_fn=join, env={})
     try:
+        until(lambda: psutil.Process(p.pid).cmdline() == argv, what="the program's own argv, untouched")
         until(lambda: len(cg.pids()) == 4, what="four processes in the cgroup")
         assert os.getpid() not in cg.pids()
         assert cg.populated() and not cg.remove()
@@ -186,3 +196,30 @@ def test_a_start_that_fails_leaves_no_cgroup(cli: CLI, tmp_path: Path) -> None:
     assert "cannot start" in cli.obj("ghost")["status"]["lastError"]
     base = cgroups.base()
     assert base is not None and not (base / f"svc-{cli.obj('ghost')['metadata']['uid']}").exists()
+
+
+def test_sweep_removes_only_old_empty_service_cgroups() -> None:
+    """What a killed controller and a removed store leave: empty svc-* cgroups. The sweep
+    (run once when a controller starts watching) removes those untouched for a while, and
+    never a populated one or one a start has just touched."""
+    import subprocess
+
+    old_empty, fresh, busy = (cgroups.for_service(f"sweep-{n}") for n in ("old", "fresh", "busy"))
+    assert old_empty is not None and fresh is not None and busy is not None
+    launch = busy.launcher(["sleep", "600"])
+    assert launch is not None
+    p = subprocess.Popen(launch, start_new_session=True)
+    try:
+        until(lambda: busy.populated(), what="a process in the busy cgroup")
+        long_ago = time.time() - 3600
+        for cg in (old_empty, busy):
+            os.utime(cg.path, (long_ago, long_ago))
+        cgroups.sweep(min_age=300)
+        assert not old_empty.path.exists()
+        assert fresh.path.exists() and busy.path.exists()
+    finally:
+        busy.kill()
+        p.wait()
+        for cg in (fresh, busy):
+            until(lambda cg=cg: not cg.populated(), what="empty")
+            cg.remove()
