@@ -57,7 +57,7 @@ from common import (
     write_results,
 )
 
-TOOLS = ("subprocess", "supervisord", "reconcile", "run")
+TOOLS = ("subprocess", "supervisord", "reconcile", "run", "run-noprobe")
 
 
 class Ctx:
@@ -243,9 +243,12 @@ def bench_supervisord(ctx: Ctx, n: int, sup_bin: Path) -> dict[str, Any]:
 # --------------------------------------------------------------------------- converge
 
 
-def write_manifests(work: Path, ports: list[int], tag: str, ctx: Ctx) -> Path:
+def write_manifests(work: Path, ports: list[int], tag: str, ctx: Ctx, probe: bool = True) -> Path:
+    """probe=False: endpoints without a health check (Ready = running, as supervisord
+    judges a program): what converge costs beyond what supervisord does."""
     mdir = work / "manifests"
     mdir.mkdir()
+    check = {"healthCheck": {"http": {"path": "/"}}} if probe else {}
     for i, port in enumerate(ports):
         doc = {
             "apiVersion": "converge.dev/v1alpha1",
@@ -253,8 +256,7 @@ def write_manifests(work: Path, ports: list[int], tag: str, ctx: Ctx) -> Path:
             "metadata": {"name": f"svc-{i:04d}", "labels": {"bench": ctx.tag}},
             "spec": {
                 "backend": {"daemon": {"command": daemon_command(port, tag)}},
-                "endpoint": {"protocol": "http", "port": port,
-                             "healthCheck": {"http": {"path": "/"}}},
+                "endpoint": {"protocol": "http", "port": port, **check},
                 "restartPolicy": {"backoffSeconds": ctx.args.backoff,
                                   "resetAfterSeconds": ctx.args.reset_after},
             },
@@ -328,9 +330,9 @@ def bench_converge_reconcile(ctx: Ctx, n: int) -> dict[str, Any]:
         kill_tagged(tag)
 
 
-def bench_converge_run(ctx: Ctx, n: int) -> dict[str, Any]:
-    tag, work, ports = ctx.phase("run", n)
-    mdir = write_manifests(work, ports, tag, ctx)
+def bench_converge_run(ctx: Ctx, n: int, probe: bool = True) -> dict[str, Any]:
+    tag, work, ports = ctx.phase("run" if probe else "run-noprobe", n)
+    mdir = write_manifests(work, ports, tag, ctx, probe)
     env = converge_env(work)
     cv = converge_bin()
     out = (work / "converge-run.out").open("wb")
@@ -439,7 +441,7 @@ def main() -> None:
         try:
             ctx = Ctx(args, tag, scratch, reaper)
             sup_bin = ensure_peer("supervisor") if "supervisord" in args.tools else None
-            if {"reconcile", "run"} & set(args.tools):
+            if {"reconcile", "run", "run-noprobe"} & set(args.tools):
                 converge_bin()
             for n in args.ns:
                 runs: dict[str, Any] = {}
@@ -454,7 +456,7 @@ def main() -> None:
                     elif tool == "reconcile":
                         runs[tool] = bench_converge_reconcile(ctx, n)
                     else:
-                        runs[tool] = bench_converge_run(ctx, n)
+                        runs[tool] = bench_converge_run(ctx, n, probe=tool == "run")
                     left = tagged(tag)
                     if left:
                         raise BenchError(f"{len(left)} processes of {tool} still alive after its phase")
@@ -474,7 +476,8 @@ def main() -> None:
 
 
 LABELS = {"subprocess": "plain subprocess", "supervisord": "supervisord",
-          "reconcile": "converge apply+reconcile", "run": "converge apply+run"}
+          "reconcile": "converge apply+reconcile", "run": "converge apply+run",
+          "run-noprobe": "converge apply+run, no health check"}
 
 
 def report(results: dict[str, Any]) -> None:
