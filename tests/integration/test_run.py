@@ -7,12 +7,13 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import psutil
 import pytest
 
-from converge.api import ServiceKey
+from converge.api import ManagedServiceStatus, ServiceKey
 from converge.filestore import FileStore
 from tests.conftest import CLI
 from tests.helpers import PY, daemon, gone, http_service, until, write
@@ -44,19 +45,36 @@ def controller(cli: CLI) -> Iterator[list[subprocess.Popen[str]]]:
             p.stdout.close()
 
 
+def status_of(store: FileStore, name: str) -> ManagedServiceStatus:
+    """The stored status, read straight from the file store: one consistent read, cheap
+    enough to poll (a `converge get` per poll takes a second on a loaded machine)."""
+    return store.get(ServiceKey("default", name)).status
+
+
+def ready_pid(st: ManagedServiceStatus) -> int | None:
+    """The pid the status shows Ready=True for, if it does."""
+    ok = any(c.type == "Ready" and c.status == "True" for c in st.conditions)
+    pid = st.backend.get("pid")
+    return pid if ok and isinstance(pid, int) else None
+
+
 def test_sigkill_is_noticed_by_exit_event_and_restarted(cli: CLI, tmp_path: Path,
                                                         controller: list[subprocess.Popen[str]]) -> None:
     # Resync and probe periods far beyond the test: only the exit notification can heal it in time.
     write(tmp_path / "s.yaml", http_service("heal", health={"periodSeconds": 300}))
     cli("apply", "-f", str(tmp_path / "s.yaml"))
     controller.append(cli.popen("run", "--resync", "600s"))
-    until(lambda: ready(cli, "heal"), timeout=20, what="Ready")
+    store = FileStore(cli.store)
+    until(lambda: ready_pid(status_of(store, "heal")), timeout=20, what="Ready")
     latencies = []
     for _ in range(3):
-        pid = cli.pid("heal")
+        pid = ready_pid(status_of(store, "heal"))
+        assert pid is not None and pid == cli.pid("heal")
         t0 = time.monotonic()
         os.kill(pid, signal.SIGKILL)
-        until(lambda pid=pid: cli.pid("heal") != pid and ready(cli, "heal"), timeout=10, what="healed")
+        # Healed: the status itself shows Ready for a new pid (the pid file alone changes
+        # before the status does: reading both could see a new pid next to the old Ready).
+        until(lambda pid=pid: ready_pid(status_of(store, "heal")) not in (None, pid), timeout=10, what="healed")
         latencies.append(time.monotonic() - t0)
     assert max(latencies) < 5.0, latencies  # generous: CI may be loaded; benchmarks/ measures it
     st = cli.obj("heal")["status"]
@@ -70,14 +88,30 @@ def test_crash_loop_backs_off_and_reports(cli: CLI, tmp_path: Path, controller: 
                                       restart={"backoffSeconds": 0.2, "maxBackoffSeconds": 0.8}))
     cli("apply", "-f", str(tmp_path / "s.yaml"))
     controller.append(cli.popen("run"))
-    until(lambda: cli.obj("crash")["status"]["restarts"] >= 4, timeout=20, what="4 restarts")
-    time.sleep(2.0)
+    store = FileStore(cli.store)
+    # Each failure's retry time, by consecutive failures, as the controller set it (its own
+    # clock: a loaded machine makes the gaps longer, never shorter).
+    retry: dict[int, datetime] = {}
+
+    def failures() -> int:
+        st = status_of(store, "crash")
+        if st.nextRetryTime is not None:
+            retry.setdefault(st.consecutiveFailures, st.nextRetryTime)
+        return st.consecutiveFailures
+
+    until(lambda: failures() >= 7, timeout=60, interval=0.01, what="7 failures")
     st = cli.obj("crash")["status"]
     # 0 + 0.2 + 0.4 + 0.8 + 0.8 ... : about 2.2 s for 5 restarts, then one per 0.8 s; never a hot loop.
     assert 4 <= st["restarts"] <= 10, st["restarts"]
     assert st["lastExitCode"] == 3
     assert "exited with code 3" in st["lastError"] and "boom: cannot open config" in st["lastError"]
     assert st["consecutiveFailures"] >= 4
+    # A retry is never sooner than the backoff after the one before: each failure comes
+    # after the previous retry, and its retry a full delay after it (0.2, 0.4, 0.8, 0.8 s).
+    gaps = {f: (retry[f] - retry[f - 1]).total_seconds() for f in retry if f - 1 in retry and f >= 3}
+    assert len(gaps) >= 2, retry  # a failure's retry time is shown for its whole backoff (>= 0.4 s)
+    for f, gap in gaps.items():
+        assert gap >= min(0.8, 0.2 * 2 ** (f - 2)) - 0.001, (f, gaps)
 
 
 def test_restarted_controller_adopts_and_starts_no_duplicate(cli: CLI, tmp_path: Path,
