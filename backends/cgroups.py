@@ -43,8 +43,10 @@ JOIN_AND_EXEC = 'echo 0 >"$0" && exec "$@"'
 _UID = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,63}")
 
 
-def _mounts() -> list[Path]:
-    """Mount points of the cgroup2 filesystem (hybrid hosts have it at /sys/fs/cgroup/unified)."""
+@functools.cache
+def _mounts() -> tuple[Path, ...]:
+    """Mount points of the cgroup2 filesystem (hybrid hosts have it at /sys/fs/cgroup/unified);
+    read once per process: every pid record's cgroup is checked against them."""
     found = []
     try:
         with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
@@ -54,7 +56,7 @@ def _mounts() -> list[Path]:
                     found.append(Path(left.split(" ")[4].replace("\\040", " ")))
     except OSError:
         pass
-    return found
+    return tuple(found)
 
 
 def _own_cgroup() -> str | None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import time
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import pytest
 from converge.backends import cgroups
 from tests.conftest import CLI
 from tests.helpers import PY, daemon, gone, until, write
+from tests.hostile.test_runaway import DOUBLE_FORK, crash_loop
 
 pytestmark = pytest.mark.skipif(cgroups.base() is None, reason="cgroup v2 cannot be written on this host")
 
@@ -75,20 +75,7 @@ def test_an_escaped_child_with_a_cleared_environment_is_stopped_with_its_service
 
 
 def test_a_crash_loop_of_escapers_leaks_nothing(cli: CLI, tmp_path: Path) -> None:
-    pids = tmp_path / "pids"
-    svc = daemon("crasher", [PY, "-c", ESCAPE, str(pids), "crash"], check=None,
-                 restart={"backoffSeconds": 0.2, "maxBackoffSeconds": 0.4, "resetAfterSeconds": 0.1})
-    write(tmp_path / "s.yaml", svc)
-    cli("apply", "-f", str(tmp_path / "s.yaml"))
-    run = cli.popen("run")
-    try:
-        until(lambda: len(_pids(pids)) >= 4, timeout=60, interval=0.1, what="four starts")
-        alive = [p for p in _pids(pids) if not gone(p)]
-        assert len(alive) <= 1, f"children of earlier runs still alive: {alive}"  # only the current run's
-    finally:
-        run.send_signal(signal.SIGINT)
-        run.communicate(timeout=30)
-    cli("delete", "crasher", "--timeout", "30s")
+    pids, _ = crash_loop(cli, tmp_path, ESCAPE, check=None)
     until(lambda: all(gone(p) for p in _pids(pids)), what="nothing of the service left")
 
 
@@ -175,8 +162,6 @@ def test_a_service_cgroup_is_killed_whole_and_removed_when_empty(how: str) -> No
 
 def test_without_cgroups_a_marked_double_fork_is_still_tracked(cli: CLI, tmp_path: Path) -> None:
     """CONVERGE_CGROUPS=off: the session + uid-marker fallback of hosts without cgroup v2."""
-    from tests.hostile.test_runaway import DOUBLE_FORK
-
     cli.env["CONVERGE_CGROUPS"] = "off"
     pids = tmp_path / "pids"
     write(tmp_path / "s.yaml", daemon("forker", [PY, "-c", DOUBLE_FORK, str(pids)], check=None))

@@ -8,6 +8,7 @@ import os
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -64,9 +65,12 @@ def test_double_forked_children_are_stopped_on_suspend_and_delete(cli: CLI, tmp_
     assert _marked(uid) == []
 
 
-def test_a_crash_loop_leaks_no_children(cli: CLI, tmp_path: Path) -> None:
+def crash_loop(cli: CLI, tmp_path: Path, program: str, **kw: Any) -> tuple[Path, str]:
+    """Run `program` (DOUBLE_FORK or the like: each grandchild's pid goes to the file returned)
+    as a crash-looping daemon under `converge run` for four starts, check that only the
+    current start's grandchild is alive, then delete the service. (pid file, service uid)."""
     pids = tmp_path / "pids"
-    svc = daemon("crasher", [PY, "-c", DOUBLE_FORK, str(pids), "crash"],
+    svc = daemon("crasher", [PY, "-c", program, str(pids), "crash"], **kw,
                  restart={"backoffSeconds": 0.2, "maxBackoffSeconds": 0.4, "resetAfterSeconds": 0.1})
     write(tmp_path / "s.yaml", svc)
     cli("apply", "-f", str(tmp_path / "s.yaml"))
@@ -80,6 +84,11 @@ def test_a_crash_loop_leaks_no_children(cli: CLI, tmp_path: Path) -> None:
         run.send_signal(signal.SIGINT)
         run.communicate(timeout=30)
     cli("delete", "crasher", "--timeout", "30s")
+    return pids, uid
+
+
+def test_a_crash_loop_leaks_no_children(cli: CLI, tmp_path: Path) -> None:
+    _, uid = crash_loop(cli, tmp_path, DOUBLE_FORK)
     until(lambda: _marked(uid) == [], what="nothing of the service left")
 
 
