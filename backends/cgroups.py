@@ -81,15 +81,23 @@ def base() -> Path | None:
         return _find_base()
 
 
-@functools.cache
-def _find_base() -> Path | None:
-    if os.environ.get(SWITCH, "").lower() in ("off", "0", "false", "no"):
-        return None
+def own_folder() -> Path | None:
+    """This process's cgroup v2 folder under the cgroup2 mount, or None without one."""
     own = _own_cgroup()
     mounts = _mounts()
     if own is None or not own.startswith("/") or not mounts:
         return None
-    folder = mounts[0] / own.lstrip("/") / "converge"
+    return mounts[0] / own.lstrip("/")
+
+
+@functools.cache
+def _find_base() -> Path | None:
+    if os.environ.get(SWITCH, "").lower() in ("off", "0", "false", "no"):
+        return None
+    own = own_folder()
+    if own is None:
+        return None
+    folder = own / "converge"
     try:
         folder.mkdir(mode=0o755, exist_ok=True)
         probe = folder / f"probe-{os.getpid()}-{uuid.uuid4().hex}"

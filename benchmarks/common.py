@@ -265,17 +265,61 @@ def sample_idle(pid: int, seconds: float, window: float = 5.0) -> dict[str, floa
 # --------------------------------------------------------------------------- clean-up
 
 
+class RunCgroup:
+    """A cgroup v2 of this run, `<own cgroup>/<tag>`, that the benchmark moves itself into,
+    so every process it starts, and every process those start, stays inside: the daemons of
+    a controller that was killed, and what left their process group (a converge controller
+    puts its daemons in `<its cgroup>/converge/svc-<uid>`, here below this run's cgroup,
+    never next to another run's). `end` moves the benchmark back out, kills what is left
+    (cgroup.kill) and removes the cgroups. Does nothing where cgroup v2 is not writable."""
+
+    def __init__(self, tag: str) -> None:
+        from converge.backends import cgroups
+
+        self.home = cgroups.own_folder()
+        self.cg: cgroups.ServiceCgroup | None = None
+        if self.home is None or os.environ.get(cgroups.SWITCH, "").lower() in ("off", "0", "false", "no"):
+            return
+        try:
+            (self.home / tag).mkdir(mode=0o755)
+            (self.home / tag / "cgroup.procs").write_text("0")
+        except OSError:
+            with contextlib.suppress(OSError):
+                (self.home / tag).rmdir()
+            return
+        self.cg = cgroups.ServiceCgroup(self.home / tag)
+
+    def end(self) -> int:
+        """Kill what is still in the run's cgroup and remove it; returns how many processes."""
+        if self.cg is None or self.home is None:
+            return 0
+        cg, self.cg = self.cg, None
+        with contextlib.suppress(OSError):
+            (self.home / "cgroup.procs").write_text("0")
+        left = [p for p in cg.pids() if p != os.getpid()]
+        if left:
+            cg.kill()
+        deadline = time.monotonic() + 10
+        while cg.populated() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        with contextlib.suppress(OSError):
+            cg.remove()
+        return len(left)
+
+
 class Reaper:
     """Kills what a benchmark started, also on failure and Ctrl-C/SIGTERM.
 
     Tracks Popen objects (started with start_new_session=True: their whole process
-    group is killed) and finally sweeps any process whose command line carries this
-    run's tag (the daemons a tool under test started and may have left behind)."""
+    group is killed), sweeps any process whose command line carries this run's tag (the
+    daemons a tool under test started and may have left behind), and finally kills what is
+    left in the run's cgroup (`RunCgroup`: what a killed controller's daemons spawned)."""
 
     def __init__(self, tag: str) -> None:
         self.tag = tag
         self.procs: list[subprocess.Popen[Any]] = []
         self.hooks: list[Callable[[], None]] = []
+        self.cgroup: RunCgroup | None = None
 
     def track(self, proc: subprocess.Popen[Any]) -> subprocess.Popen[Any]:
         self.procs.append(proc)
@@ -313,8 +357,13 @@ class Reaper:
                 self.stop(proc, grace=5.0)
         self.procs.clear()
         self.sweep()
+        if self.cgroup is not None:
+            left = self.cgroup.end()
+            if left:
+                print(f"cleanup: killed {left} processes left in the run's cgroup", file=sys.stderr)
 
     def __enter__(self) -> Reaper:
+        self.cgroup = RunCgroup(self.tag)
         # Also when started with SIGINT ignored (a background job of a script).
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, _raise_interrupt)

@@ -208,3 +208,41 @@ def test_sweep_removes_only_old_empty_service_cgroups() -> None:
         for cg in (fresh, busy):
             until(lambda cg=cg: not cg.populated(), what="empty")
             cg.remove()
+
+
+BENCH_RUN = """
+import shutil, subprocess, sys
+sys.path.insert(0, sys.argv[1])
+from common import Reaper, run_tag
+tag = run_tag()
+print(tag, flush=True)
+with Reaper(tag):
+    subprocess.run([sys.argv[2], "apply", "-f", sys.argv[3]], check=True, stdout=subprocess.DEVNULL)
+    subprocess.run([sys.argv[2], "reconcile", "--timeout", "20s"], check=True, stdout=subprocess.DEVNULL)
+    shutil.rmtree(sys.argv[4])  # the store is gone: no controller can deprovision now
+"""
+
+
+def test_a_benchmark_run_ends_what_its_controllers_daemons_left(tmp_path: Path) -> None:
+    """benchmarks/common.py's Reaper runs the benchmark in a cgroup of its own: a daemon's
+    escaped grandchild (new session, empty environment, no run tag on its command line),
+    whose controller and store are gone, is still killed when the run ends, and the run's
+    cgroups are removed."""
+    import subprocess
+    import sys
+
+    from tests.conftest import CONVERGE
+
+    pids, store = tmp_path / "pids", tmp_path / "store"
+    write(tmp_path / "s.yaml", daemon("escaper", [PY, "-c", ESCAPE, str(pids)], check=None))
+    bench = Path(__file__).resolve().parents[2] / "benchmarks"
+    env = {**os.environ, "CONVERGE_STORE": str(store)}
+    run = subprocess.run([sys.executable, "-c", BENCH_RUN, str(bench), CONVERGE, str(tmp_path / "s.yaml"), str(store)],
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    [grandchild] = _pids(pids)
+    until(lambda: gone(grandchild), what="the escaped grandchild killed with the run's cgroup")
+    assert "killed" in run.stderr and "left in the run's cgroup" in run.stderr
+    own = cgroups.own_folder()
+    tag = run.stdout.split()[0]
+    assert tag.startswith("cvbench-") and own is not None and not (own / tag).exists()
