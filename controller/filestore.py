@@ -43,7 +43,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from converge import storefiles
-from converge.api import ManagedService, ServiceKey
+from converge.api import ManagedService, ManagedServiceSpec, ObjectMeta, ServiceKey
 from converge.fielderrors import format_validation_error
 from converge.selector import Selector
 from converge.store import AlreadyExists, Conflict, CorruptObject, Invalid, ListResult, NotFound, StoreError
@@ -63,18 +63,27 @@ class UnsafeStore(StoreError):
     write through it (it would write outside the store)."""
 
 
+_STORE_OWNED = ("uid", "creationTimestamp", "generation", "deletionTimestamp")  # update keeps the stored ones
+
+
+def _next_version(cur: ManagedService) -> str:
+    return str(int(cur.metadata.resourceVersion or "0") + 1)
+
+
 def _encode(obj: ManagedService) -> bytes:
     """An object file's content: the model's canonical JSON (= ManagedService.dump())."""
     return (obj.model_dump_json(by_alias=True, exclude_none=True, indent=2) + "\n").encode()
 
 
-def _canonical(data: bytes) -> bool:
-    """Whether data is a valid object that validates back to the same bytes: what a
-    stamp vouches for (see converge.storefiles)."""
+def _canonical(data: bytes) -> ManagedService | None:
+    """The object data holds if it is valid and validates back to the same bytes (what a
+    stamp vouches for, see converge.storefiles), else None. It is a new object, shared
+    with nothing: what a reader would parse from the file."""
     try:
-        return _encode(ManagedService.model_validate_json(data)) == data
+        obj = ManagedService.model_validate_json(data)
     except ValidationError:
-        return False
+        return None
+    return obj if _encode(obj) == data else None
 
 
 def parse(path: str, raw: Raw, key: ServiceKey) -> ManagedService:
@@ -262,7 +271,8 @@ class FileStore:
                 view = memoryview(data)
                 while view:
                     view = view[os.write(fd, view):]
-                if _canonical(data):  # valid as written: readers may trust it unvalidated
+                stored = _canonical(data)
+                if stored is not None:  # valid as written: readers may trust it unvalidated
                     storefiles.stamp_fd(fd, data)
                 os.fsync(fd)
                 sig = _sig(os.fstat(fd))  # a rename keeps inode, mtime and size
@@ -278,9 +288,15 @@ class FileStore:
         finally:
             os.close(dfd)
         self.writes += 1
+        # The cache and the caller each get an object of their own (the caller may change
+        # what a write returns): parsed from the bytes written, a fraction of a deep copy.
+        if stored is None:  # not canonical (an invalid value set by hand): copies as they are
+            stored, mine = obj.model_copy(deep=True), obj.model_copy(deep=True)
+        else:
+            mine = ManagedService.model_validate_json(data)
         with self._mu:
-            self._cache[obj.key] = (sig, obj.model_copy(deep=True))
-        return obj
+            self._cache[obj.key] = (sig, stored)
+        return mine
 
     def _current(self, key: ServiceKey) -> ManagedService | None:
         try:
@@ -308,52 +324,52 @@ class FileStore:
         with self._writer():
             if self._current(obj.key) is not None:
                 raise AlreadyExists(str(obj.key))
-            new = obj.model_copy(deep=True)
-            new.metadata.uid = str(uuid.uuid4())
-            new.metadata.resourceVersion = "1"
-            new.metadata.generation = 1
-            new.metadata.creationTimestamp = datetime.now(UTC)
-            return self._write(new)
+            meta = obj.metadata.model_copy(update={
+                "uid": str(uuid.uuid4()), "resourceVersion": "1", "generation": 1,
+                "creationTimestamp": datetime.now(UTC)})
+            return self._write(obj.model_copy(update={"metadata": meta}))
+
+    # The object to write is built by shallow copies (model_copy(update=...)), sharing parts
+    # with the stored object and with the caller's: it is only encoded, and what is kept
+    # and returned is parsed back from the bytes (_write). Deep copies here (three to six
+    # per write) cost more CPU than the rest of a write, fsyncs included.
 
     def update(self, obj: ManagedService) -> ManagedService:
         with self._writer():
-            cur = self._checked(obj)
-            new = cur.model_copy(deep=True)
-            new.metadata = obj.metadata.model_copy(deep=True)
-            for k in ("uid", "creationTimestamp", "generation", "deletionTimestamp"):
-                setattr(new.metadata, k, getattr(cur.metadata, k))
-            if cur.metadata.deletionTimestamp is not None:
-                added = set(new.metadata.finalizers) - set(cur.metadata.finalizers)
-                if added:
-                    raise Invalid(f"{obj.key}: metadata.finalizers: no new finalizers can be added "
-                                  f"while the object is being deleted ({', '.join(sorted(added))})")
-            new.spec = obj.spec.model_copy(deep=True)
-            if new.spec != cur.spec:
-                new.metadata.generation = (cur.metadata.generation or 0) + 1
-            if new.metadata == cur.metadata and new.spec == cur.spec:
-                return cur
-            new.metadata.resourceVersion = str(int(cur.metadata.resourceVersion or "0") + 1)
-            if new.metadata.deletionTimestamp is not None and not new.metadata.finalizers:
-                self._remove(obj.key)  # the last finalizer is gone: so is the object
-                return new
-            return self._write(new)
+            return self._update(self._checked(obj), obj.metadata, obj.spec)
+
+    def _update(self, cur: ManagedService, metadata: ObjectMeta, spec: ManagedServiceSpec) -> ManagedService:
+        """update's rules, holding the lock: metadata and spec from the caller; uid,
+        creationTimestamp, generation and deletionTimestamp are the store's."""
+        meta = metadata.model_copy(update={k: getattr(cur.metadata, k) for k in _STORE_OWNED})
+        if cur.metadata.deletionTimestamp is not None:
+            added = set(meta.finalizers) - set(cur.metadata.finalizers)
+            if added:
+                raise Invalid(f"{cur.key}: metadata.finalizers: no new finalizers can be added "
+                              f"while the object is being deleted ({', '.join(sorted(added))})")
+        if spec != cur.spec:
+            meta.generation = (cur.metadata.generation or 0) + 1
+        elif meta == cur.metadata:
+            return cur
+        meta.resourceVersion = _next_version(cur)
+        new = cur.model_copy(update={"metadata": meta, "spec": spec})
+        if meta.deletionTimestamp is not None and not meta.finalizers:
+            self._remove(cur.key)  # the last finalizer is gone: so is the object
+            return new.model_copy(deep=True)  # the caller's own, as a write's result always is
+        return self._write(new)
 
     def set_finalizers(self, obj: ManagedService, finalizers: Sequence[str]) -> ManagedService:
-        with self._writer():
+        with self._writer():  # the same rules as any metadata change, in one hold of the lock
             cur = self._checked(obj)
-            new = cur.model_copy(deep=True)
-            new.metadata.finalizers = list(finalizers)
-        return self.update(new)  # the same rules as any metadata change (re-checked under the lock)
+            return self._update(cur, cur.metadata.model_copy(update={"finalizers": list(finalizers)}), cur.spec)
 
     def update_status(self, obj: ManagedService) -> ManagedService:
         with self._writer():
             cur = self._checked(obj)
             if cur.status == obj.status:
                 return cur
-            new = cur.model_copy(deep=True)
-            new.status = obj.status.model_copy(deep=True)
-            new.metadata.resourceVersion = str(int(cur.metadata.resourceVersion or "0") + 1)
-            return self._write(new)
+            meta = cur.metadata.model_copy(update={"resourceVersion": _next_version(cur)})
+            return self._write(cur.model_copy(update={"metadata": meta, "status": obj.status}))
 
     def delete(self, key: ServiceKey, resource_version: str | None = None) -> None:
         with self._writer():
@@ -367,10 +383,9 @@ class FileStore:
                 return
             if cur.metadata.deletionTimestamp is not None:
                 return  # already requested
-            new = cur.model_copy(deep=True)
-            new.metadata.deletionTimestamp = datetime.now(UTC)
-            new.metadata.resourceVersion = str(int(cur.metadata.resourceVersion or "0") + 1)
-            self._write(new)
+            meta = cur.metadata.model_copy(update={"deletionTimestamp": datetime.now(UTC),
+                                                   "resourceVersion": _next_version(cur)})
+            self._write(cur.model_copy(update={"metadata": meta}))
 
     def _remove(self, key: ServiceKey) -> None:
         path = self.path(key)
