@@ -196,7 +196,7 @@ class Client:
                 if dry_run:
                     return ApplyResult(obj.key, "created" + suffix)
                 try:
-                    self.store.create(obj)
+                    self.store.create(self._with_finalizer(obj))
                 except AlreadyExists:
                     continue  # another writer was first: apply over theirs
                 return ApplyResult(obj.key, "created")
@@ -216,6 +216,17 @@ class Client:
                 continue  # changed under us: read again
             return ApplyResult(obj.key, "configured")
         raise Conflict(f"{obj.key}: gave up after {APPLY_RETRIES} concurrent modifications")
+
+    def _with_finalizer(self, obj: ManagedService) -> ManagedService:
+        """In local mode a new object is created with converge's finalizer, which the
+        reconciler would otherwise add in a write of its own before provisioning (one write
+        fewer per start). Safe only here: `delete` converges itself in local mode, so the
+        finalizer never holds an object that no controller will release. Against a cluster
+        the operator adds it (a delete without an operator must not hang)."""
+        if not self.converges or FINALIZER in obj.metadata.finalizers:
+            return obj
+        meta = obj.metadata.model_copy(update={"finalizers": [*obj.metadata.finalizers, FINALIZER]})
+        return obj.model_copy(update={"metadata": meta})
 
     @staticmethod
     def key(name: str, namespace: str = "default") -> ServiceKey:

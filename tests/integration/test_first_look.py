@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from converge.api import AdminState, ManagedService, ServiceKey, State
+from converge.api import FINALIZER, AdminState, ManagedService, ServiceKey, State
 from converge.client import Client
 from converge.conditions import is_ready
 
@@ -51,3 +51,19 @@ def test_a_start_with_a_health_check_still_waits_for_it(client: Client) -> None:
                                             "healthCheck": {"tcp": {}, "startupTimeoutSeconds": 30}}))
     out = client.reconciler.reconcile(ServiceKey("default", "b"))  # sleep never listens
     assert out.state == State.pending_startup.value and not out.settled
+
+
+def test_apply_writes_the_finalizer_with_the_object_so_a_start_is_one_write(client: Client) -> None:
+    key = ServiceKey("default", "c")
+    assert [r.action for r in client.apply([_svc("c")])] == ["created"]
+    assert client.store.get(key).metadata.finalizers == [FINALIZER]  # before any reconcile
+    before = client.store.writes
+    client.reconciler.reconcile(key)  # start and look: one status write, no finalizer write
+    assert client.store.writes - before == 1
+    assert client.store.get(key).status.backend.get("pid")
+
+
+def test_a_service_applied_and_deleted_before_any_reconcile_is_gone(client: Client) -> None:
+    client.apply([_svc("d")])
+    assert client.delete("d").gone  # the finalizer it was created with is released by delete's own pass
+    assert client.list() == []
