@@ -10,11 +10,17 @@ thread pool sized by Little's law: while the process keeps about a core busy, mo
 threads cannot help (halve); while keys are queued and the process mostly waits, they
 can (double). It starts at a few (START), so either way the right width is reached
 within a few tenths of a second.
+
+"Busy" counts the time the process's threads were runnable but waiting for a core
+(the scheduler's run delay, /proc/self/task/*/schedstat) as well as the CPU they got:
+on a machine shared with other work a GIL-bound process gets only part of a core, and
+by CPU time alone would look like it waits on I/O (and add threads that only contend).
 `Limit` is the pure decision; `Gate` applies it to threads.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -25,17 +31,52 @@ INTERVAL = 0.1  # seconds between decisions
 START = 4  # workers allowed before the first decision
 
 
+class CpuWanted:
+    """Seconds the process's threads have run or waited to run (CPU time plus the run
+    queue's delay), cumulative; CPU time alone where the kernel keeps no schedstats."""
+
+    def __init__(self, tasks: str = "/proc/self/task") -> None:
+        self._tasks = tasks
+        self._delay: dict[str, int] = {}  # thread id -> its run delay seen last (ns)
+        self._waited = 0  # ns, of every thread seen, also those gone since
+        self._ok = os.path.isdir(tasks)  # noqa: PTH112 - str paths: read every decision
+
+    def _run_delay(self) -> int:
+        if not self._ok:
+            return 0
+        seen: dict[str, int] = {}
+        try:
+            for tid in os.listdir(self._tasks):  # noqa: PTH208
+                try:
+                    with open(f"{self._tasks}/{tid}/schedstat", "rb") as f:
+                        seen[tid] = int(f.read().split()[1])
+                except (OSError, IndexError, ValueError):
+                    continue  # a thread that just ended
+        except OSError:
+            self._ok = False
+            return 0
+        for tid, ns in seen.items():
+            self._waited += max(0, ns - self._delay.get(tid, 0))  # a new thread: all of its delay
+        self._delay = seen
+        return self._waited
+
+    def __call__(self) -> float:
+        return time.process_time() + self._run_delay() / 1e9
+
+
 class Limit:
     def __init__(self, most: int, clock: Callable[[], float] = time.monotonic,
-                 cpu: Callable[[], float] = time.process_time) -> None:
+                 cpu: Callable[[], float] | None = None) -> None:
         self.most = max(1, most)
         self.value = min(START, self.most)
-        self._clock, self._cpu = clock, cpu
-        self._t, self._c = clock(), cpu()
+        self._clock, self._cpu = clock, cpu if cpu is not None else CpuWanted()
+        self._t, self._c = clock(), self._cpu()
         self._mu = threading.Lock()
 
     def update(self, backlog: Callable[[], int]) -> int:
         """The limit now; `backlog()`: how many keys are due and not being worked on."""
+        if self._clock() - self._t < INTERVAL:  # most calls: no decision due (no lock taken)
+            return self.value
         with self._mu:
             now = self._clock()
             if now - self._t < INTERVAL:
@@ -71,7 +112,23 @@ class Gate:
     def leave(self) -> None:
         with self._cv:
             self._inside -= 1
-            self._cv.notify()
+            if self._inside < self._limit:
+                self._cv.notify()
+
+    def stay(self, limit: int) -> bool:
+        """For a thread inside, after a piece of work: set the limit, and keep its place
+        (True) or give it up (False) when more are inside than the limit allows (it may
+        enter() again). Takes no lock while the limit is unchanged and kept."""
+        if limit == self._limit and self._inside <= limit:
+            return True
+        with self._cv:
+            if limit != self._limit:
+                self._limit = limit
+                self._cv.notify_all()
+            if self._inside <= self._limit:
+                return True
+            self._inside -= 1
+            return False  # (still at the limit: nobody to wake)
 
     def set_limit(self, limit: int) -> None:
         with self._cv:

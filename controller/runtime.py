@@ -55,6 +55,8 @@ class Runtime:
     def _report(self, o: Outcome) -> None:
         """Log a line when a service's state or message changes (the event stream)."""
         now = (o.state, o.error or o.message)
+        if not o.gone and self._last.get(o.key) == now:
+            return  # nothing new (most passes): no lock taken
         with self._mu:
             before = self._last.pop(o.key, None) if o.gone else self._last.get(o.key)
             if not o.gone:
@@ -98,17 +100,29 @@ class Runtime:
         gate = Gate(limit.value)
 
         def work() -> None:
-            while gate.enter():
-                key = queue.get()
-                if key is None:
-                    gate.leave()
-                    return
-                try:
+            # A worker keeps its place from one key to the next: giving it up after each
+            # key woke a waiting worker only to find the place taken again (a futile thread
+            # wake-up and GIL hand-off per key, most of the runtime's cost around a no-op
+            # reconcile). It gives the place up only when the limit drops below the count.
+            # A handled key is marked done by the get of the next (one lock, not two).
+            done: ServiceKey | None = None
+            inside = gate.enter()
+            try:
+                while inside:
+                    key, done = queue.get(done=done), None
+                    if key is None:
+                        return
+                    done = key
                     handle(key)
-                finally:
-                    queue.done(key)
+                    if not gate.stay(limit.update(queue.ready)):
+                        inside, done = False, None
+                        queue.done(key)
+                        inside = gate.enter()
+            finally:
+                if done is not None:
+                    queue.done(done)
+                if inside:
                     gate.leave()
-                    gate.set_limit(limit.update(queue.ready))
 
         threads = [supervised(f"reconcile-{i}", work, stopping) for i in range(most)]
         for t in threads:

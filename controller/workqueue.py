@@ -33,23 +33,28 @@ class WorkQueue(Generic[K]):
     def add_after(self, key: K, delay: float) -> None:
         when = time.monotonic() + max(0.0, delay)
         with self._cv:
-            if self._closed:
-                return
-            if key in self._processing:
-                prev = self._dirty_while_processing.get(key)
-                if prev is None or when < prev:
-                    self._dirty_while_processing[key] = when
-                return
-            prev = self._due.get(key)
-            if prev is not None and prev <= when:
-                return
-            self._due[key] = when
-            self._seq += 1
-            heapq.heappush(self._heap, (when, self._seq, key))
-            self._cv.notify()
+            self._add(key, when)
 
-    def get(self, timeout: float | None = None) -> K | None:
-        """The next due key, or None when closed or after timeout.
+    def _add(self, key: K, when: float) -> None:
+        """add_after, holding the lock."""
+        if self._closed:
+            return
+        if key in self._processing:
+            prev = self._dirty_while_processing.get(key)
+            if prev is None or when < prev:
+                self._dirty_while_processing[key] = when
+            return
+        prev = self._due.get(key)
+        if prev is not None and prev <= when:
+            return
+        self._due[key] = when
+        self._seq += 1
+        heapq.heappush(self._heap, (when, self._seq, key))
+        self._cv.notify()
+
+    def get(self, timeout: float | None = None, done: K | None = None) -> K | None:
+        """The next due key, or None when closed or after timeout; `done`: a key the
+        caller has finished with (as done(key), in the same turn of the lock).
 
         Of the idle callers, one sleeps until the next delayed key is due (a "timer"); the
         others sleep until woken: N idle workers wake once per due key, not N times (each
@@ -57,6 +62,8 @@ class WorkQueue(Generic[K]):
         that takes a key wakes one other caller to time the next."""
         end = None if timeout is None else time.monotonic() + timeout
         with self._cv:
+            if done is not None:
+                self._done(done)
             while not self._closed:
                 now = time.monotonic()
                 while self._heap and self._due.get(self._heap[0][2]) != self._heap[0][0]:
@@ -86,11 +93,16 @@ class WorkQueue(Generic[K]):
             return None
 
     def done(self, key: K) -> None:
+        """The caller has finished with key (handed out by get): a key added meanwhile
+        is queued again."""
         with self._cv:
-            self._processing.discard(key)
-            when = self._dirty_while_processing.pop(key, None)
+            self._done(key)
+
+    def _done(self, key: K) -> None:
+        self._processing.discard(key)
+        when = self._dirty_while_processing.pop(key, None)
         if when is not None:
-            self.add_after(key, when - time.monotonic())
+            self._add(key, when)
 
     def ready(self) -> int:
         """Keys due now and waiting for a worker (O(keys): call it now and then)."""

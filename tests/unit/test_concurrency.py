@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 
-from converge.concurrency import INTERVAL, Gate, Limit
+from converge.concurrency import INTERVAL, CpuWanted, Gate, Limit
+from converge.workqueue import WorkQueue
 
 
 class Clocks:
@@ -58,3 +60,58 @@ def test_gate_admits_up_to_the_limit_and_closes() -> None:
     gate.close()
     third.join(2)
     assert result == [False]
+
+
+def test_a_thread_inside_keeps_its_place_until_the_limit_drops_below_the_count() -> None:
+    gate = Gate(2)
+    assert gate.enter() and gate.enter()
+    assert gate.stay(2) and gate.stay(2)  # unchanged: both keep their places
+    assert not gate.stay(1)  # one too many: this one gives its place up
+    assert gate.stay(1)  # the other keeps its own
+    entered = threading.Event()
+    waiting = threading.Thread(target=lambda: gate.enter() and entered.set(), daemon=True)
+    waiting.start()
+    time.sleep(0.05)
+    assert not entered.is_set()
+    assert gate.stay(2)  # a raised limit lets a waiting thread in
+    assert entered.wait(2)
+
+
+def test_cpu_wanted_adds_each_threads_run_delay_also_of_threads_gone(tmp_path: Path) -> None:
+    def threads(**delays: int) -> None:
+        for tid in list(tmp_path.iterdir()):
+            (tid / "schedstat").unlink()
+            tid.rmdir()
+        for tid, ns in delays.items():
+            (tmp_path / tid[1:]).mkdir()
+            (tmp_path / tid[1:] / "schedstat").write_text(f"123 {ns} 7\n")
+
+    threads(t1=1_000_000_000, t2=0)
+    wanted = CpuWanted(str(tmp_path))
+    first = wanted() - time.process_time()
+    assert 0.99 < first < 1.01  # what the threads waited so far
+    threads(t1=1_500_000_000, t3=2_000_000_000)  # t2 ended, t3 is new
+    assert 3.49 < wanted() - time.process_time() < 3.51
+    assert CpuWanted(str(tmp_path / "missing"))() <= time.process_time()  # no schedstats: CPU time only
+
+
+def test_cpu_wanted_reads_this_process() -> None:
+    wanted = CpuWanted()
+    before = wanted()
+    end = time.process_time() + 0.05
+    while time.process_time() < end:  # busy
+        pass
+    assert wanted() - before >= 0.05
+
+
+def test_a_workqueue_get_can_mark_the_key_handled_before_done() -> None:
+    q: WorkQueue[str] = WorkQueue()
+    q.add("a")
+    q.add("b")
+    assert q.get(timeout=1) == "a"
+    q.add("a")  # while processing: handed out again only after done ...
+    assert q.get(timeout=1) == "b"
+    assert q.get(timeout=0.01, done="b") is None  # (b done; a is still being processed)
+    assert q.get(timeout=1, done="a") == "a"  # ... here, by the get that marks it done
+    assert q.get(timeout=0.01, done="a") is None
+    assert q.pending() == 0
