@@ -347,6 +347,14 @@ def _running_by_backend(svc: ManagedService, st: ManagedServiceStatus, obs: Obse
                    message=obs.message, progress=RECONCILING, requeue=BACKEND_PROGRESS_RETRY)
 
 
+def at_rest(svc: ManagedService, p: Plan) -> bool:
+    """Whether p, planned for svc, is a fixed point: nothing to do, nothing to write, no
+    look due. Planned again later from the same object and an equal Observed, it is the
+    same plan (time only enters through backoff, start-up and reset deadlines, and each
+    of those asks for a requeue or changes the status), so that pass can be skipped."""
+    return p.action is None and p.settled and p.requeue_after is None and p.status == svc.status
+
+
 # --------------------------------------------------------------------------- outcomes
 
 

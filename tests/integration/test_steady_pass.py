@@ -1,0 +1,118 @@
+"""A pass over a service at rest skips the plan (Reconciler.shortcut) without hiding any
+change: real FileStore, real daemon backend, real processes and probes."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from converge import core
+from converge.api import AdminState, ManagedService, ServiceKey, State
+from converge.backends.base import ProbeResult
+from converge.client import Client
+from tests.helpers import gone, http_service, until
+
+KEY = ServiceKey("default", "s")
+
+
+def _svc(**spec: Any) -> ManagedService:
+    return ManagedService.model_validate({
+        "metadata": {"name": "s", "namespace": "default"},
+        "spec": {"backend": {"daemon": {"command": ["sleep", "60"]}}, **spec},
+    })
+
+
+@pytest.fixture
+def client(tmp_path: Path) -> Iterator[Client]:
+    c = Client.local(tmp_path / "store")
+    yield c
+    for obj in c.store.list().items:  # stop what the test started
+        spec = obj.spec.model_copy(update={"adminState": AdminState.inactive})
+        c.store.update(obj.model_copy(update={"spec": spec}))
+        for _ in range(50):
+            if c.reconciler.reconcile(obj.key).settled:
+                break
+        assert c.store.get(obj.key).status.state == State.inactive
+
+
+def _plans(monkeypatch: pytest.MonkeyPatch) -> list[ServiceKey]:
+    """The keys core.plan is called for from now on (the reconciler's own calls)."""
+    seen: list[ServiceKey] = []
+    real = core.plan
+
+    def counting(svc: ManagedService, observed: core.Observed, now: Any) -> core.Plan:
+        seen.append(svc.key)
+        return real(svc, observed, now)
+
+    monkeypatch.setattr(core, "plan", counting)
+    return seen
+
+
+def _settle(c: Client, key: ServiceKey = KEY) -> None:
+    until(lambda: c.reconciler.reconcile(key).settled, what="settled")
+
+
+def test_a_pass_at_rest_plans_and_writes_nothing_and_a_killed_process_is_started_again(
+        client: Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    client.store.create(_svc())
+    _settle(client)
+    client.reconciler.reconcile(KEY)  # the first look at rest: planned, remembered
+    plans, writes = _plans(monkeypatch), client.store.writes
+    for _ in range(3):
+        out = client.reconciler.reconcile(KEY)
+        assert (out.settled, out.state, out.requeue_after) == (True, State.active.value, None)
+    assert plans == [] and client.store.writes == writes  # nothing planned, nothing written
+
+    pid = int(client.store.get(KEY).status.backend["pid"])
+    os.kill(pid, signal.SIGKILL)
+    until(lambda: gone(pid), what="the process gone")
+    out = client.reconciler.reconcile(KEY)  # the same stored object, another world
+    assert plans == [KEY, KEY]  # planned: restarted, then its first look in the same pass
+    now = client.store.get(KEY)
+    assert out.state == State.active.value and int(now.status.backend["pid"]) != pid
+    assert now.status.restarts == 1
+
+
+def test_a_changed_object_is_planned_again_even_when_edited_by_hand(
+        client: Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    client.store.create(_svc())
+    _settle(client)
+    client.reconciler.reconcile(KEY)
+    before = client.store.get(KEY)
+    plans = _plans(monkeypatch)
+    path = client.store.path(KEY)  # a hand edit: same resourceVersion and generation
+    path.write_text(path.read_text().replace('"60"', '"61"'))
+    client.reconciler.reconcile(KEY)
+    assert plans and plans[0] == KEY
+    _settle(client)
+    after = client.store.get(KEY)
+    assert after.status.backend["pid"] != before.status.backend["pid"]  # replaced: the spec changed
+
+
+def test_a_failed_probe_of_a_service_at_rest_is_counted(client: Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    client.store.create(ManagedService.model_validate(
+        http_service("s", check="tcp", health={"periodSeconds": 60, "failureThreshold": 3})))
+    _settle(client)
+    client.reconciler.reconcile(KEY)  # at rest, with the probe's result (not probed again within 60 s)
+    plans = _plans(monkeypatch)
+    assert client.reconciler.reconcile(KEY).settled and plans == []
+    svc = client.store.get(KEY)
+    assert svc.status.healthFailures == 0
+    port = svc.status.endpoint.port if svc.status.endpoint else None
+    assert port is not None
+    run = (svc.status.startedAt, port)
+    client.reconciler.probes.record(KEY, run, ProbeResult(False, "refused"))  # the prober's failed probe
+    out = client.reconciler.reconcile(KEY)
+    assert plans == [KEY] and out.state == State.active.value
+    assert client.store.get(KEY).status.healthFailures == 1  # counted once ...
+    for _ in range(2):
+        client.reconciler.reconcile(KEY)
+    assert client.store.get(KEY).status.healthFailures == 1  # ... and only once (now at rest again)
+    client.reconciler.probes.record(KEY, run, ProbeResult(False, "refused"))  # the next one
+    client.reconciler.reconcile(KEY)
+    assert client.store.get(KEY).status.healthFailures == 2
