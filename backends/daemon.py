@@ -46,6 +46,7 @@ from converge.backends import cgroups
 from converge.backends.base import Notify, Observation, Phase, Target
 from converge.backends.env import expand, resolve_env, scrub, secret_values, secrets_of
 from converge.backends.errors import PermanentError, TemporaryError
+from converge.supervise import name_os_thread
 
 MARKER = "CONVERGE_SERVICE_UID"  # in every process's environment: finds what left the session
 STOPPING_FILE = "daemon.stopping"  # since when a deprovision has been waiting for the process to end
@@ -729,6 +730,7 @@ class DaemonBackend:
         heapq.heappush(self._log_heap, (when, self._log_seq, key))
 
     def _loop(self) -> None:
+        name_os_thread("daemon-exits")
         while not self._stopping.is_set():
             try:
                 self._loop_once()

@@ -3,14 +3,17 @@ starve the other services' probes."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
 from converge.api import HealthCheck, ServiceKey
+from converge.backends.base import ProbeResult
+from converge.backends.health import probe
 from converge.prober import Prober
 from converge.reconciler import Probe
 
@@ -67,3 +70,54 @@ def test_hung_endpoints_do_not_starve_other_probes(hung: list[int]) -> None:
     finally:
         prober.close()
         ok.sock.close()
+
+
+def test_answers_after_the_pause_and_tcp_probes_are_judged_like_the_blocking_ones() -> None:
+    """An endpoint slower than the prober's pause is waited for in the selector; a TCP probe
+    of a listening port passes, of a closed one fails: as the blocking probe() judges them."""
+    slow = socket.socket()
+    slow.bind(("127.0.0.1", 0))
+    slow.listen(8)
+    slow_port = slow.getsockname()[1]
+
+    def serve_slowly() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                conn, _ = slow.accept()
+                with conn:
+                    conn.recv(1024)
+                    time.sleep(0.1)  # far longer than COALESCE_SECONDS
+                    conn.sendall(b"HTTP/1.0 200 OK\r\n\r\n")
+
+    threading.Thread(target=serve_slowly, daemon=True).start()
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    closed_port = closed.getsockname()[1]
+    closed.close()  # nothing listens there
+    http = HealthCheck.model_validate({"http": {"path": "/", "timeoutSeconds": 2}, "periodSeconds": 0.3})
+    tcp = HealthCheck.model_validate({"tcp": {}, "periodSeconds": 0.3})
+    cases = {"slow": (http, slow_port, True), "tcp-up": (tcp, slow_port, True), "tcp-down": (tcp, closed_port, False)}
+    first: dict[str, ProbeResult] = {}
+    done = threading.Event()
+
+    def recorder(name: str) -> Callable[[ProbeResult], None]:
+        def record(r: ProbeResult) -> None:
+            first.setdefault(name, r)
+            if len(first) == len(cases):
+                done.set()
+        return record
+
+    failed: list[ServiceKey] = []
+    prober = Prober(failed.append)
+    try:
+        for name, (check, port, _) in cases.items():
+            probe_it = Probe(check, "http", "127.0.0.1", port, 0.3, record=recorder(name))
+            prober.track(ServiceKey("default", name), probe_it)
+        assert done.wait(5), first
+        for name, (check, port, ok) in cases.items():
+            assert first[name].ok is ok, (name, first[name])
+            assert probe(check, "http", "127.0.0.1", port).ok is ok, name
+        assert failed == [ServiceKey("default", "tcp-down")]
+    finally:
+        prober.close()
+        slow.close()

@@ -79,3 +79,21 @@ def test_resync_slots_spread_over_the_period_and_keep_their_phase() -> None:
     for k, d in zip(keys[:20], due[:20], strict=True):
         assert abs(resync_delay(k, period, d) - period) < 1e-6
         assert abs(d + 3.0 + resync_delay(k, period, d + 3.0) - (d + period)) < 1e-6
+
+
+def test_probe_slots_group_due_times_early_never_late_and_keep_a_key_in_its_slot() -> None:
+    from converge.prober import BATCH_SECONDS, first_delay, slot
+
+    period = 10.0
+    width = min(BATCH_SECONDS, period / 10)
+    keys = [ServiceKey("default", f"svc-{i}") for i in range(200)]
+    now = 1000.3
+    due = [slot(now + first_delay(k, period, now), period) for k in keys]
+    assert all(now - width < d <= now + period for d in due)  # early by less than a slot, never late
+    starts = set(due)
+    assert len(starts) <= period / width + 1  # one wake-up per slot, not per key
+    assert max(due.count(s) for s in starts) <= 3 * len(keys) * width / period  # still spread over the period
+    for d in due[:20]:  # a probe started in its slot and ended within it is due in the same slot a period on
+        for took in (0.0, 0.004, width * 0.9):
+            assert abs(slot(d + took + period, period) - (d + period)) < 1e-6
+    assert abs(slot(5.37, 0.5) - 5.35) < 1e-9  # short periods: slots of a tenth of the period
