@@ -32,19 +32,22 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import select
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
+from converge import inotify as _IN
 from converge import storefiles
 from converge.api import ManagedService, ManagedServiceSpec, ObjectMeta, ServiceKey
 from converge.fielderrors import format_validation_error
+from converge.inotify import Inotify
 from converge.selector import Selector
 from converge.store import AlreadyExists, Conflict, CorruptObject, Invalid, ListResult, NotFound, StoreError
 from converge.storefiles import Raw, default_root
@@ -53,7 +56,13 @@ __all__ = ["FileStore", "UnsafeStore", "default_root", "parse"]
 
 _Sig = storefiles.Sig
 _sig = storefiles.sig
-RECENT_NS = 1_000_000_000  # see FileStore.watch
+RECENT_NS = 1_000_000_000  # see FileStore._poll
+STOP_CHECK = 1.0  # seconds between looks at a watch's stop flag while no event comes
+_ROOT_EVENTS = (_IN.IN_CREATE | _IN.IN_MOVED_TO | _IN.IN_DELETE | _IN.IN_MOVED_FROM | _IN.IN_DELETE_SELF
+                | _IN.IN_MOVE_SELF | _IN.IN_ONLYDIR | _IN.IN_DONT_FOLLOW)
+_NS_EVENTS = (_IN.IN_CLOSE_WRITE | _IN.IN_MOVED_TO | _IN.IN_MOVED_FROM | _IN.IN_DELETE | _IN.IN_CREATE
+              | _IN.IN_ATTRIB | _IN.IN_ONLYDIR | _IN.IN_DONT_FOLLOW)
+_REWRITTEN = _IN.IN_CLOSE_WRITE | _IN.IN_CREATE  # never how this store writes (it renames): always another's
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _TMP_SUFFIX = ".tmp"
 
@@ -417,15 +426,114 @@ class FileStore:
             pass
         return out
 
-    def watch(self, stop: object, interval: float = 0.25) -> Iterator[ServiceKey]:
+    def watch(self, stop: object, interval: float = 0.25, events: bool = True) -> Iterator[ServiceKey]:
         """Keys whose objects others changed (created, updated, deleted).
 
-        Every write renames a file into its namespace folder, which changes the folder's
-        mtime: each tick stats the folders, and lists again only those that changed,
-        comparing each file's (inode, mtime, size). A change this instance made itself (the
-        controller's own status writes) is not reported: the writer already knows, and
-        reporting it would cost one more reconcile per write. An idle store costs a few
-        stat calls per tick.
+        A change this instance made itself (the controller's own status writes) is not
+        reported: the writer already knows, and reporting it would cost one more reconcile
+        per write. Two ways to notice, the same keys either way:
+        - inotify (Linux; `events`): the kernel tells of each rename, delete or write in
+          the namespace folders and of namespace folders made or removed; an idle store
+          costs nothing (one look at `stop` every STOP_CHECK seconds);
+        - polling every `interval` seconds, where inotify cannot be had (or the store's
+          folder is not there yet or goes away): see _poll."""
+        if events:
+            try:
+                ino = Inotify()
+            except OSError:
+                pass
+            else:
+                try:
+                    if not (yield from self._follow(stop, ino)):
+                        return
+                finally:
+                    ino.close()
+        yield from self._poll(stop, interval)
+
+    def _follow(self, stop: object, ino: Inotify) -> Generator[ServiceKey, None, bool]:
+        """The inotify watch; returns True when it cannot go on (no root folder, a watch
+        refused) and polling must take over, False once stopped."""
+        is_set = getattr(stop, "is_set", lambda: False)
+        try:
+            root_wd = ino.add(self.root, _ROOT_EVENTS)
+        except OSError:
+            return True
+        wds: dict[int, str] = {}
+        files: dict[str, dict[str, _Sig]] = {}
+
+        def follow(ns: str) -> None:
+            """Watch a namespace folder, then list it (so no change falls between)."""
+            with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+                wds[ino.add(self.root / ns, _NS_EVENTS)] = ns
+            files[ns] = self._scan(ns)
+
+        def relisted(ns: str) -> list[str]:
+            """List a folder again; the names whose files differ from the last listing."""
+            prev = files.get(ns, {})
+            cur = files[ns] = self._scan(ns)
+            return sorted(n for n in cur.keys() | prev.keys() if cur.get(n) != prev.get(n))
+
+        for ns in self.namespaces():
+            follow(ns)
+        try:
+            while not is_set():
+                if not select.select([ino.fd], [], [], STOP_CHECK)[0]:
+                    continue
+                changed: dict[tuple[str, str], None] = {}  # (namespace, file name), in order
+                for ev in ino.read():
+                    if ev.mask & _IN.IN_Q_OVERFLOW:  # events were lost: compare every folder again
+                        for ns in dict.fromkeys([*files, *self.namespaces()]):
+                            if ns not in files:
+                                follow(ns)
+                            changed.update(((ns, n), None) for n in relisted(ns))
+                    elif ev.wd == root_wd:
+                        if ev.mask & (_IN.IN_DELETE_SELF | _IN.IN_MOVE_SELF | _IN.IN_IGNORED):
+                            return True  # the store's folder went away: polling sees it come back
+                        if not ev.mask & _IN.IN_ISDIR or ev.name.startswith((".", "_")):
+                            continue
+                        if ev.mask & (_IN.IN_CREATE | _IN.IN_MOVED_TO):
+                            before = files.get(ev.name, {})
+                            follow(ev.name)
+                            names = sorted(n for n in files[ev.name].keys() | before.keys()
+                                           if files[ev.name].get(n) != before.get(n))
+                        else:  # a namespace folder removed or renamed away: its objects are gone
+                            names = sorted(files.pop(ev.name, {}))
+                        changed.update(((ev.name, n), None) for n in names)
+                    else:
+                        ns_of = wds.get(ev.wd)
+                        if ns_of is None:
+                            continue
+                        if ev.mask & _IN.IN_IGNORED:  # the folder is gone (its root event reports it)
+                            del wds[ev.wd]
+                        elif ev.name.endswith(".yaml") and not ev.name.startswith("."):
+                            changed[(ns_of, ev.name)] = None
+                            known = files.setdefault(ns_of, {})
+                            if ev.mask & _REWRITTEN:
+                                known.pop(ev.name, None)  # written in place or created: report it
+                for ns, name in changed:
+                    path = self.root / ns / name
+                    try:
+                        sig: _Sig | None = _sig(os.lstat(path))
+                    except OSError:
+                        sig = None
+                    known = files.setdefault(ns, {})
+                    prev = known.get(name)
+                    if sig is None:
+                        known.pop(name, None)
+                    else:
+                        known[name] = sig
+                    if (sig != prev or prev is None) and not self._own_change(path, sig):
+                        yield ServiceKey(ns, name[:-5])
+        finally:
+            for wd in [root_wd, *wds]:
+                ino.remove(wd)
+        return False
+
+    def _poll(self, stop: object, interval: float) -> Iterator[ServiceKey]:
+        """The watch by polling: every write renames a new file into its namespace folder,
+        which changes the folder's mtime: each tick stats the folders, and lists again only
+        those that changed, comparing each file's (inode, mtime, size). An idle store costs a
+        few stat calls per tick.
 
         A folder's mtime is coarse (the kernel's clock tick): a second write in the same
         tick as our look leaves it unchanged. So a folder changed less than RECENT_NS ago

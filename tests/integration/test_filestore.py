@@ -215,13 +215,14 @@ def test_reading_creates_nothing_and_every_folder_is_private(tmp_path: Path) -> 
             assert d.stat().st_mode & 0o077 == 0, d
 
 
-def test_watch_reports_others_changes_not_its_own_writes(tmp_path: Path) -> None:
+@pytest.mark.parametrize("events", [True, False], ids=["inotify", "polling"])
+def test_watch_reports_others_changes_not_its_own_writes(tmp_path: Path, events: bool) -> None:
     mine, other = FileStore(tmp_path / "st"), FileStore(tmp_path / "st")  # e.g. `converge run` and `apply`
     mine.create(make("own"))
     other.create(make("theirs"))
     stop = threading.Event()
     seen: list[ServiceKey] = []
-    t = threading.Thread(target=lambda: seen.extend(mine.watch(stop, interval=0.02)), daemon=True)
+    t = threading.Thread(target=lambda: seen.extend(mine.watch(stop, interval=0.02, events=events)), daemon=True)
     t.start()
 
     def settle(expect: int = 0) -> list[ServiceKey]:
@@ -254,7 +255,8 @@ def test_watch_reports_others_changes_not_its_own_writes(tmp_path: Path) -> None
     t.join(2)
 
 
-def test_watch_sees_a_write_that_left_the_folder_mtime_unchanged(tmp_path: Path) -> None:
+@pytest.mark.parametrize("events", [True, False], ids=["inotify", "polling"])
+def test_watch_sees_a_write_that_left_the_folder_mtime_unchanged(tmp_path: Path, events: bool) -> None:
     """A folder's mtime is as coarse as the kernel's clock tick: a second write in the same
     tick as the watch's look changes nothing the watch can stat. It must still be seen."""
     mine, other = FileStore(tmp_path / "st"), FileStore(tmp_path / "st")
@@ -262,7 +264,7 @@ def test_watch_sees_a_write_that_left_the_folder_mtime_unchanged(tmp_path: Path)
     folder = tmp_path / "st" / "default"
     stop = threading.Event()
     seen: list[ServiceKey] = []
-    t = threading.Thread(target=lambda: seen.extend(mine.watch(stop, interval=0.2)), daemon=True)
+    t = threading.Thread(target=lambda: seen.extend(mine.watch(stop, interval=0.2, events=events)), daemon=True)
     t.start()
     try:
         time.sleep(0.5)  # the watch has its first look
@@ -278,3 +280,54 @@ def test_watch_sees_a_write_that_left_the_folder_mtime_unchanged(tmp_path: Path)
     finally:
         stop.set()
         t.join(2)
+
+
+def in_team(name: str) -> ManagedService:
+    svc = make(name)
+    svc.metadata.namespace = "team"
+    return svc
+
+
+def test_watch_by_inotify_reports_at_once_new_namespaces_and_edits_in_place(tmp_path: Path) -> None:
+    """With inotify a change comes as it happens (a 60 s polling interval would hide it), a
+    namespace folder made after the watch started is followed, a file rewritten in place
+    (an editor, `cp`) is reported, and an idle store reports nothing."""
+    mine, other = FileStore(tmp_path / "st"), FileStore(tmp_path / "st")
+    other.create(make("a"))
+    stop = threading.Event()
+    seen: list[ServiceKey] = []
+    t = threading.Thread(target=lambda: seen.extend(mine.watch(stop, interval=60)), daemon=True)
+    t.start()
+
+    def wait_for(n: int) -> list[ServiceKey]:
+        deadline = time.monotonic() + 5
+        while len(seen) < n and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.2)
+        got = sorted(seen)
+        seen.clear()
+        return got
+
+    try:
+        time.sleep(0.3)  # the watch is set up
+        other.create(make("b"))
+        assert wait_for(1) == [ServiceKey("default", "b")]
+        other.create(in_team("c"))
+        assert wait_for(1) == [ServiceKey("team", "c")]
+        other.create(in_team("d"))
+        assert wait_for(1) == [ServiceKey("team", "d")]
+        path = tmp_path / "st" / "default" / "a.yaml"
+        data = path.read_bytes()
+        with path.open("r+b") as f:  # in place: same inode, same size
+            f.write(data)
+        assert wait_for(1) == [ServiceKey("default", "a")]
+        own = mine.get(ServiceKey("team", "c")).model_copy(deep=True)
+        own.status.restarts = 3
+        mine.update_status(own)
+        assert wait_for(0) == []
+        other.delete(ServiceKey("team", "d"))
+        assert wait_for(1) == [ServiceKey("team", "d")]
+    finally:
+        stop.set()
+        t.join(3)
+    assert not t.is_alive()

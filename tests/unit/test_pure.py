@@ -122,3 +122,18 @@ def test_workqueue_idle_workers_sleep_until_woken_and_due_keys_are_never_late() 
     assert set(got) == {"first", "second", "third"}, got
     assert got["second"] - t0 < 0.45, got  # not after "first" was done (0.6 s)
     assert got["third"] - t0 < 0.5, got
+
+
+def test_inotify_events_are_decoded_from_what_read_returns() -> None:
+    import struct
+
+    from converge.inotify import IN_ISDIR, IN_MOVED_TO, IN_Q_OVERFLOW, Event, parse
+
+    def raw(wd: int, mask: int, name: bytes, padded: int) -> bytes:
+        return struct.pack("iIII", wd, mask, 0, padded) + name.ljust(padded, b"\0")
+
+    buf = (raw(3, IN_MOVED_TO, b"web.yaml", 16) + raw(1, IN_MOVED_TO | IN_ISDIR, b"team", 16)
+           + raw(-1, IN_Q_OVERFLOW, b"", 0))
+    assert parse(buf) == [Event(3, IN_MOVED_TO, "web.yaml"), Event(1, IN_MOVED_TO | IN_ISDIR, "team"),
+                          Event(-1, IN_Q_OVERFLOW, "")]
+    assert parse(buf[:10]) == []  # a short read holds no whole event
