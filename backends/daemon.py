@@ -25,6 +25,7 @@ import errno
 import heapq
 import json
 import logging
+import math
 import os
 import select
 import selectors
@@ -143,6 +144,14 @@ def log_check_delay(size: int, size_then: int | None) -> float:
     """Seconds until a log is checked again: LOG_CHECK_SECONDS after a first look and
     while it grows (or was rotated), LOG_CHECK_MAX while it stays the same size."""
     return LOG_CHECK_MAX if size == size_then else LOG_CHECK_SECONDS
+
+
+def log_check_at(now: float, delay: float) -> float:
+    """When to check a log next: `delay` seconds from now rounded down to a multiple of
+    `delay`, so every log checked at that pace is due at the same moments and the watcher
+    wakes once per LOG_CHECK_SECONDS / LOG_CHECK_MAX for all of them, not once per log
+    (a wake-up costs as much as ~20 stat calls). Never later than delay, always after now."""
+    return math.floor((now + delay) / delay) * delay
 
 
 def rotate_log(path: Path, max_bytes: int, files: int) -> bool:
@@ -719,7 +728,7 @@ class DaemonBackend:
             if size > max_bytes and rotate_log(path, max_bytes, files):
                 size = 0
             with self._mu:
-                self._plan_log_check(key, now + delay, size)
+                self._plan_log_check(key, log_check_at(now, delay), size)
         with self._mu:
             return max(0.0, self._log_heap[0][0] - now) if self._log_heap else LOG_CHECK_MAX
 

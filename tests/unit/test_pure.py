@@ -137,3 +137,15 @@ def test_inotify_events_are_decoded_from_what_read_returns() -> None:
     assert parse(buf) == [Event(3, IN_MOVED_TO, "web.yaml"), Event(1, IN_MOVED_TO | IN_ISDIR, "team"),
                           Event(-1, IN_Q_OVERFLOW, "")]
     assert parse(buf[:10]) == []  # a short read holds no whole event
+
+
+def test_log_checks_fall_on_shared_moments_never_later_than_their_delay() -> None:
+    from converge.backends.daemon import LOG_CHECK_MAX, LOG_CHECK_SECONDS, log_check_at
+
+    for delay in (LOG_CHECK_SECONDS, LOG_CHECK_MAX):
+        starts = [1000.0 + i * 0.037 for i in range(200)]  # 200 logs looked at over 7.4 s
+        due = [log_check_at(t, delay) for t in starts]
+        assert all(t < d <= t + delay for t, d in zip(starts, due, strict=True))
+        assert len(set(due)) <= 7.4 / delay + 1  # one wake-up per delay for all of them
+        again = [log_check_at(d, delay) for d in due]  # checked on time: the next one a delay on
+        assert all(abs(a - d - delay) < 1e-9 for a, d in zip(again, due, strict=True))
