@@ -14,9 +14,10 @@ API server (see converge.store): `delete` marks an object with finalizers, the u
 that removes its last finalizer removes the file.
 
 A write goes to a temp file in the same folder, is fsynced and renamed over the old one,
-and the folder is fsynced: a crash leaves either the old or the new object, never a torn
-one (a crash's leftover temp file is removed by the next writer: every write happens under
-the store lock, so a temp file seen while holding it is garbage).
+and the folder is fsynced (not for a status-only write: see _write): a crash leaves either
+the old or the new object, never a torn one (a crash's leftover temp file is removed by
+the next writer: every write happens under the store lock, so a temp file seen while
+holding it is garbage).
 
 Hostile contents: nothing inside the root is followed if it is a link (namespace folders,
 object files, `.lock`, temp files: O_NOFOLLOW and folder fds), a link or anything but a
@@ -186,6 +187,28 @@ class FileStore:
             raise UnsafeStore(f"{path}: {what}: refusing to write there (links inside the store "
                               "are never followed)") from None
 
+    def _folder(self, path: Path) -> int:
+        """An fd of an object's folder to write in: made (private) on this instance's first
+        write there; after that only its mode is checked, on the fd every write opens anyway
+        (walking and stat'ing the whole path on each write was a tenth of a write's CPU)."""
+        if path not in self._made:
+            self._ensure_dir(path)
+            self._made.add(path)
+        try:
+            dfd = os.open(path, _DIR_FLAGS)
+        except FileNotFoundError:  # removed since: made again
+            self._ensure_dir(path)
+            dfd = self._open_dir(path)
+        except OSError:
+            dfd = self._open_dir(path)  # raises UnsafeStore, saying why (a link)
+        try:
+            if os.fstat(dfd).st_mode & 0o077:
+                os.fchmod(dfd, 0o700)
+        except BaseException:
+            os.close(dfd)
+            raise
+        return dfd
+
     def path(self, key: ServiceKey) -> Path:
         return self.root / key.namespace / f"{key.name}.yaml"
 
@@ -267,12 +290,26 @@ class FileStore:
                         with contextlib.suppress(OSError):
                             Path(e.path).unlink()
 
-    def _write(self, obj: ManagedService) -> ManagedService:
+    def _write(self, obj: ManagedService, cur: ManagedService | None = None, durable: bool = True) -> ManagedService:
+        """Write obj atomically (temp file, fsync, rename). `cur`: the stored object obj
+        replaces (its spec is kept if obj has the very same one). `durable`: fsync the
+        folder too, so the rename itself survives a power loss; status-only writes skip it.
+
+        Why a status write needs no folder fsync, for what DESIGN.md promises (a crash at
+        any moment leaves no duplicate and no orphan, and nothing is lost): the temp file
+        is fsynced before the rename, so after a power loss the name holds either the old
+        object or the new one, complete (journaled file systems commit a rename and the
+        old file's release together; the old blocks are not reused before). Losing the
+        rename loses only the newest status, never spec, finalizers or deletion (those
+        writes stay durable, and their folder fsync also makes every earlier rename in
+        the folder durable). Status is observed, never trusted: what a backend started is
+        found again by its own records (pid file, container label, Terraform state), not
+        by status, and a local daemon does not outlive the power loss anyway. So an old
+        status can make no duplicate and no orphan; the next pass observes and rewrites it."""
         path = self.path(obj.key)
-        self._ensure_dir(path.parent)
         data = _encode(obj)
         tmp = f".{path.name}.{uuid.uuid4().hex}{_TMP_SUFFIX}"  # unique: no name to plant a link at
-        dfd = self._open_dir(path.parent)  # every step relative to the folder: no link followed
+        dfd = self._folder(path.parent)  # every step relative to the folder: no link followed
         try:
             fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
                          dir_fd=dfd)
@@ -293,7 +330,8 @@ class FileStore:
             with self._mu:
                 self._own[path] = sig  # before the rename: the watch must never see it unannounced
             os.replace(tmp, path.name, src_dir_fd=dfd, dst_dir_fd=dfd)
-            os.fsync(dfd)
+            if durable:
+                os.fsync(dfd)
         finally:
             os.close(dfd)
         self.writes += 1
@@ -303,6 +341,8 @@ class FileStore:
             stored, mine = obj.model_copy(deep=True), obj.model_copy(deep=True)
         else:
             mine = ManagedService.model_validate_json(data)
+            if cur is not None and obj.spec is cur.spec:
+                stored.spec = cur.spec  # the same shared spec: per-spec memos (its hash) stay valid
         with self._mu:
             self._cache[obj.key] = (sig, stored)
         return mine
@@ -365,7 +405,7 @@ class FileStore:
         if meta.deletionTimestamp is not None and not meta.finalizers:
             self._remove(cur.key)  # the last finalizer is gone: so is the object
             return new.model_copy(deep=True)  # the caller's own, as a write's result always is
-        return self._write(new)
+        return self._write(new, cur)
 
     def set_finalizers(self, obj: ManagedService, finalizers: Sequence[str]) -> ManagedService:
         with self._writer():  # the same rules as any metadata change, in one hold of the lock
@@ -378,7 +418,7 @@ class FileStore:
             if cur.status == obj.status:
                 return cur
             meta = cur.metadata.model_copy(update={"resourceVersion": _next_version(cur)})
-            return self._write(cur.model_copy(update={"metadata": meta, "status": obj.status}))
+            return self._write(cur.model_copy(update={"metadata": meta, "status": obj.status}), cur, durable=False)
 
     def delete(self, key: ServiceKey, resource_version: str | None = None) -> None:
         with self._writer():
@@ -394,7 +434,7 @@ class FileStore:
                 return  # already requested
             meta = cur.metadata.model_copy(update={"deletionTimestamp": datetime.now(UTC),
                                                    "resourceVersion": _next_version(cur)})
-            self._write(cur.model_copy(update={"metadata": meta}))
+            self._write(cur.model_copy(update={"metadata": meta}), cur)
 
     def _remove(self, key: ServiceKey) -> None:
         path = self.path(key)

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from converge.api import ManagedService, ServiceKey
-from converge.filestore import FileStore
+from converge.filestore import FileStore, UnsafeStore
 from converge.host import Host
 from converge.selector import parse_selector
 from converge.store import AlreadyExists, Conflict, Invalid, NotFound
@@ -331,3 +331,42 @@ def test_watch_by_inotify_reports_at_once_new_namespaces_and_edits_in_place(tmp_
         stop.set()
         t.join(3)
     assert not t.is_alive()
+
+
+def test_written_objects_are_the_callers_own_and_a_status_write_keeps_the_shared_spec(tmp_path: Path) -> None:
+    s = FileStore(tmp_path / "st")
+    created = s.create(make("a"))
+    created.metadata.labels["changed"] = "after"  # what a write returns is the caller's to change
+    first = s.get(created.key)
+    assert "changed" not in first.metadata.labels
+    new = first.model_copy(update={"status": first.status.model_copy(update={"restarts": 1})})
+    written = s.update_status(new)
+    written.status.restarts = 7
+    again = s.get(created.key)
+    assert again.status.restarts == 1 and again.metadata.resourceVersion == "2"
+    assert again.spec is first.spec  # unchanged spec: the same shared object (per-spec memos hold)
+    assert again.status is not new.status  # the cache keeps nothing the caller passed
+    new.status.restarts = 9
+    assert s.get(created.key).status.restarts == 1
+
+
+def test_an_object_folder_is_checked_on_every_write(tmp_path: Path) -> None:
+    s = FileStore(tmp_path / "st")
+    s.create(make("a"))
+    ns = tmp_path / "st" / "default"
+    ns.chmod(0o755)  # widened after the first write
+    s.create(make("b"))
+    assert ns.stat().st_mode & 0o777 == 0o700
+    for f in ns.iterdir():
+        f.unlink()
+    ns.rmdir()  # removed under a running store
+    s.create(make("c"))
+    assert [o.metadata.name for o in s.list().items] == ["c"]
+    for f in ns.iterdir():
+        f.unlink()
+    ns.rmdir()
+    (tmp_path / "elsewhere").mkdir()
+    ns.symlink_to(tmp_path / "elsewhere")  # replaced by a link: never written through
+    with pytest.raises(UnsafeStore):
+        s.create(make("d"))
+    assert list((tmp_path / "elsewhere").iterdir()) == []
