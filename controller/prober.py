@@ -51,6 +51,9 @@ from converge.supervise import supervised
 
 log = logging.getLogger("converge")
 
+STARTUP_FIRST = 0.003  # a start-up watch's first probe, this long after it is tracked
+STARTUP_GROWTH = 0.125  # then every this much of the time it has waited (a few probes per doubling)
+STARTUP_MOST = 16  # start-up watches at once (a mass start: the rest wait for their reconciles' looks)
 BATCH_SECONDS = 1.0  # the longest slot: probes due in one slot start in one wake-up
 BATCH_FRACTION = 0.1  # a slot is this much of the period (when shorter than BATCH_SECONDS)
 CONCURRENCY = 64  # probes in flight at once
@@ -77,12 +80,15 @@ def slot(due: float, period: float) -> float:
 
 class Prober:
     def __init__(self, on_failure: Callable[[ServiceKey], None], concurrency: int = CONCURRENCY) -> None:
+        """on_failure(key): a failed probe of a healthy service, or a passed one of a
+        start-up watch: the key's reconcile must look (the runtime queues it)."""
         self._on_failure = on_failure
         self._most = max(1, concurrency)
         self._pool: ThreadPoolExecutor | None = None  # made on the first blocking probe
         self._mu = threading.Lock()
         self._tracked: dict[ServiceKey, tuple[Probe, float]] = {}  # key -> (probe, due)
         self._phased: set[ServiceKey] = set()  # keys whose first probe was put at their phase
+        self._since: dict[ServiceKey, float] = {}  # start-up watches: when each began
         self._heap: list[tuple[float, int, ServiceKey]] = []
         self._seq = 0
         self._inflight: dict[ServiceKey, tuple[Probe, float]] = {}  # key -> (probe, the turn it is for)
@@ -102,14 +108,22 @@ class Prober:
 
     def track(self, key: ServiceKey, probe: Probe) -> None:
         """Probe key every probe.period from now on (a key tracked with the same check
-        keeps its schedule)."""
+        keeps its schedule). A start-up watch (probe.startup) is probed at once and then
+        more and more rarely (STARTUP_GROWTH of the time waited) until a probe passes, which
+        wakes the key (its reconcile takes it from there); its failures wake nothing."""
         now = time.monotonic()
         with self._mu:
             cur = self._tracked.get(key)
             if cur is not None and cur[0] == probe:
                 self._tracked[key] = (probe, cur[1])  # this pass's recorder, the same schedule
                 return
-            if key in self._phased:
+            if probe.startup:
+                if len(self._since) >= STARTUP_MOST and key not in self._since:
+                    self._tracked.pop(key, None)  # many starting at once: their reconciles' looks will do
+                    return
+                self._since[key] = now
+                due = now + STARTUP_FIRST
+            elif key in self._phased:
                 due = now + probe.period
             else:
                 self._phased.add(key)
@@ -121,6 +135,7 @@ class Prober:
         with self._mu:
             self._tracked.pop(key, None)
             self._phased.discard(key)
+            self._since.pop(key, None)
 
     def close(self) -> None:
         with self._mu:
@@ -141,7 +156,8 @@ class Prober:
 
     def _schedule(self, key: ServiceKey, probe: Probe, due: float) -> None:
         """Under self._mu."""
-        due = slot(due, probe.period)
+        if not probe.startup:
+            due = slot(due, probe.period)
         self._tracked[key] = (probe, due)
         self._seq += 1
         heapq.heappush(self._heap, (due, self._seq, key))
@@ -188,8 +204,8 @@ class Prober:
                 time.sleep(COALESCE_SECONDS)
                 for key in started:
                     self._step(key)
-            if finished or started:
-                continue  # places freed, time passed: more may be due before sleeping
+            if finished or starting:
+                continue  # places freed, probes rescheduled, time passed: more may be due before sleeping
             if self._pending:
                 soonest = max(0.0, min(p.deadline for p in self._pending.values()) - now)
                 wait = soonest if wait is None else min(wait, soonest)
@@ -272,7 +288,15 @@ class Prober:
             cur = self._tracked.get(key)
             if cur is None or cur[0] != probe:
                 return  # untracked, or tracked with another check while probing
-            if result.ok:
+            if probe.startup:
+                if not result.ok:  # not up yet: look again soon, more rarely the longer it takes
+                    if cur[1] == turn:
+                        now = time.monotonic()
+                        waited = now - self._since.get(key, now)
+                        self._schedule(key, cur[0], now + max(STARTUP_FIRST, waited * STARTUP_GROWTH))
+                    return
+                self._since.pop(key, None)  # up: its reconcile goes on from here
+            elif result.ok:
                 if cur[1] == turn:  # not given another turn while probing
                     self._schedule(key, cur[0], time.monotonic() + cur[0].period)
                 return

@@ -42,6 +42,9 @@ class Probe:
     port: int
     period: float
     record: Callable[[ProbeResult], None] | None = field(default=None, compare=False)
+    # A start-up watch (converge.prober): probed every few ms while the service starts;
+    # the first probe that passes wakes its reconcile (Ready noticed at once).
+    startup: bool = False
 
     def run(self) -> ProbeResult:
         """Probe now, blocking up to the check's timeout, and record the result."""
@@ -341,10 +344,18 @@ class Reconciler:
         return out
 
     def _next_probe(self, svc: ManagedService, p: core.Plan) -> Probe | None:
+        """The prober's part in what comes next: the periodic probe of a healthy service,
+        or the start-up watch of one started and waiting for its health check."""
         ep = svc.spec.endpoint
         port = p.status.endpoint.port if p.status.endpoint is not None else None
-        if p.probe_after is None or ep is None or ep.healthCheck is None or port is None:
+        if ep is None or ep.healthCheck is None or port is None:
             return None
+        if p.probe_after is None:
+            starting = (p.status.state == State.pending_startup and p.requeue_after is not None
+                        and p.status.startedAt is not None and p.status.activeSince is None
+                        and svc.spec.adminState == AdminState.active and svc.metadata.deletionTimestamp is None)
+            return Probe(ep.healthCheck, ep.protocol, ep.host, port, ep.healthCheck.periodSeconds,
+                         startup=True) if starting else None
         key, run = svc.key, (p.status.startedAt, port)
         return Probe(ep.healthCheck, ep.protocol, ep.host, port, p.probe_after,
                      record=lambda result: self.probes.record(key, run, result))

@@ -121,3 +121,42 @@ def test_answers_after_the_pause_and_tcp_probes_are_judged_like_the_blocking_one
     finally:
         prober.close()
         slow.close()
+
+
+def test_a_start_up_watch_wakes_its_key_as_soon_as_the_endpoint_answers() -> None:
+    """While a service starts, the prober probes it every few ms (its reconcile's looks come
+    rarer and rarer); the refusals wake nothing, the first answer wakes the key at once."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))  # bound, not listening yet: connects are refused, as before a start
+    port = srv.getsockname()[1]
+    check = HealthCheck.model_validate({"http": {"path": "/"}, "periodSeconds": 10})
+    woke: list[float] = []
+    prober = Prober(lambda key: woke.append(time.monotonic()))
+    try:
+        key = ServiceKey("default", "starting")
+        prober.track(key, Probe(check, "http", "127.0.0.1", port, 10, startup=True))
+        time.sleep(0.3)
+        assert woke == []  # refused all along: nothing to tell
+        prober.track(key, Probe(check, "http", "127.0.0.1", port, 10, startup=True))  # a pass again: same watch
+        srv.listen(8)
+        listening = time.monotonic()
+
+        def serve() -> None:
+            with contextlib.suppress(OSError):
+                conn, _ = srv.accept()
+                with conn:
+                    conn.recv(1024)
+                    conn.sendall(b"HTTP/1.0 200 OK\r\n\r\n")
+
+        threading.Thread(target=serve, daemon=True).start()
+        deadline = time.monotonic() + 2
+        while not woke and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert len(woke) == 1
+        # Waited 0.3 s: probes are ~40 ms apart by now (an eighth of the wait), not a period.
+        assert woke[0] - listening < 0.2, woke[0] - listening
+        time.sleep(0.1)
+        assert len(woke) == 1  # done: the watch ended with the answer
+    finally:
+        prober.close()
+        srv.close()
