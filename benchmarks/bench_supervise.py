@@ -96,6 +96,8 @@ def kill_loop(ctx: Ctx, ports: list[int], check: Callable[[], None] | None = Non
     A restart slower than --slow is kept as a sample and also listed, with `diagnose`'s
     snapshot taken the moment it became slow; past --kill-timeout the benchmark fails."""
     kills, settle, slow_after = ctx.args.kills, ctx.args.settle, ctx.args.slow
+    if kills == 0:
+        return {}  # --kills 0: the idle phase only
     samples: list[float] = []
     ready_samples: list[float] = []
     slow: list[dict[str, Any]] = []
@@ -401,7 +403,8 @@ def bench_converge_run(ctx: Ctx, n: int, probe: bool = True) -> dict[str, Any]:
 def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", default="1,50,200", help="comma-separated service counts")
-    ap.add_argument("--kills", type=int, default=30, help="kill -9 samples per tool and N")
+    ap.add_argument("--kills", type=int, default=30,
+                    help="kill -9 samples per tool and N (0: none; with --n 200: the start and the idle phase only)")
     ap.add_argument("--settle", type=float, default=None,
                     help="seconds between kills (default: --reset-after + 0.5, so that converge's "
                     "restart backoff has been reset and each kill measures a first restart)")
@@ -427,7 +430,7 @@ def parse_args() -> argparse.Namespace:
     args.ns = [int(x) for x in args.n.split(",") if x]
     args.tools = [t for t in args.only.split(",") if t]
     bad = set(args.tools) - set(TOOLS)
-    if bad or not args.ns or min(args.ns) < 1 or args.kills < 1:
+    if bad or not args.ns or min(args.ns) < 1 or args.kills < 0:
         ap.error(f"bad --n/--only/--kills (unknown tools: {sorted(bad)})")
     if args.settle is None:
         args.settle = args.reset_after + 0.5
@@ -493,7 +496,7 @@ def report(results: dict[str, Any]) -> None:
             rows.append([n, LABELS[tool], r["start_to_all_healthy_s"],
                          k["median"] if k else None, k["p95"] if k else None, k["n"] if k else None,
                          rd["median"] if rd else None, rd["p95"] if rd else None,
-                         len(r["slow_restarts"]) if k else None])
+                         len(r.get("slow_restarts", [])) if k else None])
     print("\nStart to all healthy, kill -9 to healthy again (HTTP GET) and to Ready in status (seconds)")
     print_table(["N", "tool", "start->all healthy", "kill->healthy median", "p95", "kills",
                  "kill->Ready median", "p95", f"slow (>{results['params']['slow']:g}s)"], rows)
@@ -505,6 +508,11 @@ def report(results: dict[str, Any]) -> None:
                      "RSS MB", "threads", "load avg"],
                     [[n, t, i["cpu_percent"], i["max_window_cpu_percent"], i["rss_mb"], i["threads"],
                       i["loadavg_1_5_15"][0]] for n, t, i in idle])
+    for n, t, i in idle:
+        parts = sorted(i.get("thread_cpu", {}).items(), key=lambda kv: -kv[1][0])
+        if parts:
+            print(f"  {t}, N={n}, per thread (CPU % / wake-ups a second): "
+                  + ", ".join(f"{name} {pct:.3f} / {wakes:.1f}" for name, (pct, wakes) in parts if pct >= 0.001))
     slow = [(n, LABELS[t], x) for n, runs in results["runs"].items() for t, r in runs.items()
             for x in r.get("slow_restarts", [])]
     for n, t, x in slow:

@@ -221,12 +221,35 @@ def kill9(pid: int) -> None:
 # --------------------------------------------------------------------------- CPU / RSS
 
 
-def sample_idle(pid: int, seconds: float, window: float = 5.0) -> dict[str, float | list[float]]:
+def thread_cpu(pid: int) -> dict[str, tuple[int, int]]:
+    """Per thread name (/proc/PID/task/TID/comm; threads of one name added up, digits
+    dropped: reconcile-0..7 -> reconcile-*): (CPU ns, times scheduled), from schedstat."""
+    out: dict[str, tuple[int, int]] = {}
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/comm") as f:
+                name = f.read().strip().rstrip("0123456789")
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                ns, _, runs = f.read().split()
+        except (OSError, ValueError):
+            continue
+        name = name + "*" if name.endswith("-") else name
+        cpu, n = out.get(name, (0, 0))
+        out[name] = (cpu + int(ns), n + int(runs))
+    return out
+
+
+def sample_idle(pid: int, seconds: float, window: float = 5.0) -> dict[str, Any]:
     """CPU use (percent of one core, user+system) and RSS of one process over `seconds`,
     overall and per `window` seconds (the largest window shows a periodic spike that the
-    average hides)."""
+    average hides), and per thread (by name: the threads of a controller that names them)."""
     try:
         proc = psutil.Process(pid)
+        per_thread0 = thread_cpu(pid)
         c0 = proc.cpu_times()
         t0 = time.monotonic()
         max_rss = proc.memory_info().rss
@@ -243,6 +266,7 @@ def sample_idle(pid: int, seconds: float, window: float = 5.0) -> dict[str, floa
                 w_cpu, w_t = c.user + c.system, now
         c1 = proc.cpu_times()
         wall = time.monotonic() - t0
+        per_thread1 = thread_cpu(pid)
         rss = proc.memory_info().rss
         threads = proc.num_threads()
     except psutil.Error as exc:
@@ -259,6 +283,10 @@ def sample_idle(pid: int, seconds: float, window: float = 5.0) -> dict[str, floa
         "max_rss_mb": max_rss / 2**20,
         "threads": threads,
         "loadavg_1_5_15": [round(x, 2) for x in os.getloadavg()],
+        # name -> [CPU % of a core, wake-ups (times scheduled) per second]
+        "thread_cpu": {name: [round(100.0 * (ns - per_thread0.get(name, (0, 0))[0]) / 1e9 / wall, 3),
+                              round((runs - per_thread0.get(name, (0, 0))[1]) / wall, 1)]
+                       for name, (ns, runs) in sorted(per_thread1.items())},
     }
 
 
