@@ -250,6 +250,7 @@ class FileStore:
                 out.errors.append(found)
                 continue
             key, entry = found
+            self._paths.setdefault(key, entry.path)  # (get's path: the same string)
             try:
                 obj = self._read(key, entry.path, folder_checked=True)
             except NotFound:
