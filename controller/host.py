@@ -41,16 +41,18 @@ def default_state_dir() -> Path:
 class Host:
     def __init__(self, root: Path | str) -> None:
         self.root = Path(root)
-        self._made: set[Path] = set()  # folders known to exist
+        self._root = str(self.root)
+        self._made: set[tuple[str, ...]] = set()  # folders known to exist (their parts below the root)
         # Per key, made once: pathlib costs more than the rest of a steady-state pass.
         self._dirs: dict[ServiceKey, Path] = {}
         self._locks: dict[ServiceKey, str] = {}
 
-    def _inside(self, path: Path) -> list[str]:
-        """The folders from just below the root down to path (str paths: pathlib costs
-        more than the system calls here, once per service on a controller's first pass)."""
-        chain, cur = [], str(self.root)
-        for part in path.relative_to(self.root).parts:
+    def _inside(self, parts: tuple[str, ...]) -> list[str]:
+        """The folders from just below the root down to root/parts (str paths: pathlib
+        costs more than the system calls here, once per service on a controller's first
+        pass)."""
+        chain, cur = [], self._root
+        for part in parts:
             cur = os.path.join(cur, part)  # noqa: PTH118
             chain.append(cur)
         return chain
@@ -63,17 +65,19 @@ class Host:
     def _check_no_links(self, path: Path) -> None:
         """Every folder below the root on the way to path is a real folder, never a link:
         a link planted there would make converge write (or delete) outside its root."""
-        for p in self._inside(path):
+        for p in self._inside(path.relative_to(self.root).parts):
             with contextlib.suppress(FileNotFoundError):
                 self._not_a_link(p, os.lstat(p))
 
-    def _ensure_dir(self, path: Path) -> None:
-        """Create path and its missing parents up to the root, each 0700 (mkdir's
+    def _ensure_dir(self, parts: tuple[str, ...]) -> str:
+        """Create root/parts and its missing parents up to the root, each 0700 (mkdir's
         `parents` ignores the mode); folders that exist with a wider mode are made 0700.
-        Each folder below the root is checked to be no link before anything is made in it."""
-        if path in self._made:
-            return
-        missing, up = [], str(self.root)
+        Each folder below the root is checked to be no link before anything is made in it.
+        Returns the folder's path."""
+        inside = self._inside(parts)
+        if parts in self._made:
+            return inside[-1]
+        missing, up = [], self._root
         while not os.path.exists(up):  # noqa: PTH110 - the root and what it needs above it
             missing.append(up)
             parent = os.path.dirname(up)  # noqa: PTH120
@@ -83,7 +87,6 @@ class Host:
         for p in reversed(missing):
             with contextlib.suppress(FileExistsError):
                 os.mkdir(p, 0o700)  # noqa: PTH102
-        inside = self._inside(path)
         for p in inside:  # top down: a link is refused before anything is made under it
             try:
                 st = os.lstat(p)
@@ -96,15 +99,14 @@ class Host:
                 os.chmod(p, 0o700)  # noqa: PTH101 - checked no link just above
         for p in inside:  # nothing swapped in while we made them
             self._not_a_link(p, os.lstat(p))
-        self._made.add(path)
+        self._made.add(parts)
+        return inside[-1]
 
     def runtime_dir(self, key: ServiceKey) -> Path:
         """A private folder for the backend's files of this service (created on demand)."""
         d = self._dirs.get(key)
         if d is None:
-            d = self.root / RUNTIME / key.namespace / key.name
-            self._ensure_dir(d)
-            self._dirs[key] = d
+            d = self._dirs[key] = Path(self._ensure_dir((RUNTIME, key.namespace, key.name)))
         return d
 
     def runtime_path(self, key: ServiceKey) -> Path:
@@ -116,9 +118,8 @@ class Host:
         """Held while acting on a service's resources; released by the kernel if we die."""
         path = self._locks.get(key)
         if path is None:
-            d = self.root / LOCKS / key.namespace
-            self._ensure_dir(d)
-            path = self._locks[key] = str(d / f"{key.name}.lock")
+            d = self._ensure_dir((LOCKS, key.namespace))
+            path = self._locks[key] = os.path.join(d, f"{key.name}.lock")  # noqa: PTH118
         fd = os.open(path, os.O_CREAT | os.O_RDWR | os.O_NOFOLLOW, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
@@ -130,7 +131,7 @@ class Host:
         """Remove the service's runtime folder: forgotten means forgotten. Never follows a
         link out of the root."""
         d = self.runtime_path(key)
-        self._made.discard(d)
+        self._made.discard((RUNTIME, key.namespace, key.name))
         self._dirs.pop(key, None)
         self._locks.pop(key, None)
         try:
