@@ -31,6 +31,9 @@ def set_condition(
             out.append(c)
             continue
         found = True
+        if (c.status, c.reason, c.message, c.observedGeneration) == (status, reason, message, generation):
+            out.append(c)  # unchanged (most passes): no new model to validate
+            continue
         when = c.lastTransitionTime if c.status == status else now
         out.append(Condition(type=type_, status=status, reason=reason, message=message,
                              lastTransitionTime=when, observedGeneration=generation))
