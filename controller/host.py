@@ -42,7 +42,7 @@ class Host:
     def __init__(self, root: Path | str) -> None:
         self.root = Path(root)
         self._root = str(self.root)
-        self._made: set[tuple[str, ...]] = set()  # folders known to exist (their parts below the root)
+        self._made: dict[tuple[str, ...], str] = {}  # folders known to exist: parts below the root -> path
         # Per key, made once: pathlib costs more than the rest of a steady-state pass.
         self._dirs: dict[ServiceKey, Path] = {}
         self._locks: dict[ServiceKey, str] = {}
@@ -74,9 +74,10 @@ class Host:
         `parents` ignores the mode); folders that exist with a wider mode are made 0700.
         Each folder below the root is checked to be no link before anything is made in it.
         Returns the folder's path."""
+        made = self._made.get(parts)
+        if made is not None:
+            return made
         inside = self._inside(parts)
-        if parts in self._made:
-            return inside[-1]
         missing, up = [], self._root
         while not os.path.exists(up):  # noqa: PTH110 - the root and what it needs above it
             missing.append(up)
@@ -99,7 +100,7 @@ class Host:
                 os.chmod(p, 0o700)  # noqa: PTH101 - checked no link just above
         for p in inside:  # nothing swapped in while we made them
             self._not_a_link(p, os.lstat(p))
-        self._made.add(parts)
+        self._made[parts] = inside[-1]
         return inside[-1]
 
     def runtime_dir(self, key: ServiceKey) -> Path:
@@ -131,7 +132,7 @@ class Host:
         """Remove the service's runtime folder: forgotten means forgotten. Never follows a
         link out of the root."""
         d = self.runtime_path(key)
-        self._made.discard((RUNTIME, key.namespace, key.name))
+        self._made.pop((RUNTIME, key.namespace, key.name), None)
         self._dirs.pop(key, None)
         self._locks.pop(key, None)
         try:
