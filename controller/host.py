@@ -88,18 +88,20 @@ class Host:
         for p in reversed(missing):
             with contextlib.suppress(FileExistsError):
                 os.mkdir(p, 0o700)  # noqa: PTH102
+        changed = False
         for p in inside:  # top down: a link is refused before anything is made under it
             try:
                 st = os.lstat(p)
             except FileNotFoundError:
                 with contextlib.suppress(FileExistsError):
                     os.mkdir(p, 0o700)  # noqa: PTH102
-                st = os.lstat(p)
+                st, changed = os.lstat(p), True
             self._not_a_link(p, st)
             if st.st_mode & 0o077:
                 os.chmod(p, 0o700)  # noqa: PTH101 - checked no link just above
-        for p in inside:  # nothing swapped in while we made them
-            self._not_a_link(p, os.lstat(p))
+                changed = True
+        for p in inside if changed else ():  # nothing swapped in while we made them (a new
+            self._not_a_link(p, os.lstat(p))  # controller's first look at folders that exist: 3 lstats fewer)
         self._made[parts] = inside[-1]
         return inside[-1]
 
