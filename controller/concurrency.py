@@ -11,10 +11,11 @@ threads cannot help (halve); while keys are queued and the process mostly waits,
 can (double). It starts at a few (START), so either way the right width is reached
 within a few tenths of a second.
 
-"Busy" counts the time the process's threads were runnable but waiting for a core
-(the scheduler's run delay, /proc/self/task/*/schedstat) as well as the CPU they got:
-on a machine shared with other work a GIL-bound process gets only part of a core, and
-by CPU time alone would look like it waits on I/O (and add threads that only contend).
+While keys are queued, "busy" counts the time the process's threads were runnable but
+waiting for a core (the scheduler's run delay, /proc/self/task/*/schedstat) as well as
+the CPU they got: on a machine shared with other work a GIL-bound process gets only
+part of a core, and by CPU time alone would look like it waits on I/O (and add threads
+that only contend). (Read only then: at idle nothing is queued and nothing is read.)
 `Limit` is the pure decision; `Gate` applies it to threads.
 """
 
@@ -31,9 +32,9 @@ INTERVAL = 0.1  # seconds between decisions
 START = 4  # workers allowed before the first decision
 
 
-class CpuWanted:
-    """Seconds the process's threads have run or waited to run (CPU time plus the run
-    queue's delay), cumulative; CPU time alone where the kernel keeps no schedstats."""
+class RunDelay:
+    """Seconds the process's threads have waited for a core while runnable (the run
+    queue's delay), cumulative; 0 where the kernel keeps no schedstats."""
 
     def __init__(self, tasks: str = "/proc/self/task") -> None:
         self._tasks = tasks
@@ -61,16 +62,17 @@ class CpuWanted:
         return self._waited
 
     def __call__(self) -> float:
-        return time.process_time() + self._run_delay() / 1e9
+        return self._run_delay() / 1e9
 
 
 class Limit:
     def __init__(self, most: int, clock: Callable[[], float] = time.monotonic,
-                 cpu: Callable[[], float] | None = None) -> None:
+                 cpu: Callable[[], float] = time.process_time, waited: Callable[[], float] | None = None) -> None:
         self.most = max(1, most)
         self.value = min(START, self.most)
-        self._clock, self._cpu = clock, cpu if cpu is not None else CpuWanted()
-        self._t, self._c = clock(), self._cpu()
+        self._clock, self._cpu, self._waited = clock, cpu, waited if waited is not None else RunDelay()
+        self._t, self._c = clock(), cpu()
+        self._tw, self._w = self._t, self._waited()
         self._mu = threading.Lock()
 
     def update(self, backlog: Callable[[], int]) -> int:
@@ -81,12 +83,19 @@ class Limit:
             now = self._clock()
             if now - self._t < INTERVAL:
                 return self.value
-            used = (self._cpu() - self._c) / (now - self._t)
-            self._t, self._c = now, self._cpu()
-            if used >= BUSY and self.value > 1:
-                self.value //= 2
-            elif used < IDLE and self.value < self.most and backlog() > 0:
-                self.value = min(self.most, self.value * 2)
+            cpu = self._cpu()
+            used = (cpu - self._c) / (now - self._t)
+            self._t, self._c = now, cpu
+            if used >= BUSY:
+                self.value = max(1, self.value // 2)
+            elif backlog() > 0:  # keys wait for a worker: did the workers wait for a core?
+                waited = self._waited()
+                used += (waited - self._w) / (now - self._tw)
+                self._tw, self._w = now, waited
+                if used >= BUSY:
+                    self.value = max(1, self.value // 2)
+                elif used < IDLE:
+                    self.value = min(self.most, self.value * 2)
             return self.value
 
 

@@ -108,6 +108,10 @@ class WorkQueue(Generic[K]):
         """Keys due now and waiting for a worker (O(keys): call it now and then)."""
         now = time.monotonic()
         with self._cv:
+            while self._heap and self._due.get(self._heap[0][2]) != self._heap[0][0]:
+                heapq.heappop(self._heap)  # superseded entry
+            if not self._heap or self._heap[0][0] > now:
+                return 0  # the earliest is not due yet (at idle: always; no walk over every key)
             return sum(1 for when in self._due.values() if when <= now)
 
     def pending(self) -> int:
