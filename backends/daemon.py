@@ -719,17 +719,19 @@ class DaemonBackend:
                     self._log_due.pop(key, None)  # deprovisioned
                 elif planned is not None and planned[0] == when:  # else: planned again since
                     due.append((key, entry, planned[1]))
+        planned_now: list[tuple[ServiceKey, float, int]] = []
         for key, (path, max_bytes, files), size_then in due:
             try:
-                size = path.lstat().st_size
+                size = os.lstat(path).st_size
             except OSError:
                 size = 0
             delay = log_check_delay(size, size_then)
             if size > max_bytes and rotate_log(path, max_bytes, files):
                 size = 0
-            with self._mu:
-                self._plan_log_check(key, log_check_at(now, delay), size)
-        with self._mu:
+            planned_now.append((key, log_check_at(now, delay), size))
+        with self._mu:  # one lock turn for all of them (at idle: all quiet logs at once)
+            for key, when, size in planned_now:
+                self._plan_log_check(key, when, size)
             return max(0.0, self._log_heap[0][0] - now) if self._log_heap else LOG_CHECK_MAX
 
     def _plan_log_check(self, key: ServiceKey, when: float, size: int | None) -> None:

@@ -106,21 +106,22 @@ class Prober:
 
     # ------------------------------------------------------------------ callers' side
 
-    def track(self, key: ServiceKey, probe: Probe) -> None:
+    def track(self, key: ServiceKey, probe: Probe) -> bool:
         """Probe key every probe.period from now on (a key tracked with the same check
         keeps its schedule). A start-up watch (probe.startup) is probed at once and then
         more and more rarely (STARTUP_GROWTH of the time waited) until a probe passes, which
-        wakes the key (its reconcile takes it from there); its failures wake nothing."""
+        wakes the key (its reconcile takes it from there); its failures wake nothing.
+        False: not tracked (too many start-up watches at once)."""
         now = time.monotonic()
         with self._mu:
             cur = self._tracked.get(key)
             if cur is not None and cur[0] == probe:
                 self._tracked[key] = (probe, cur[1])  # this pass's recorder, the same schedule
-                return
+                return True
             if probe.startup:
                 if len(self._since) >= STARTUP_MOST and key not in self._since:
                     self._tracked.pop(key, None)  # many starting at once: their reconciles' looks will do
-                    return
+                    return False
                 self._since[key] = now
                 due = now + STARTUP_FIRST
             elif key in self._phased:
@@ -130,6 +131,7 @@ class Prober:
                 due = now + first_delay(key, probe.period, now)
             self._schedule(key, probe, due)
         self._wake()
+        return True
 
     def untrack(self, key: ServiceKey) -> None:
         with self._mu:

@@ -29,6 +29,7 @@ from converge.workqueue import WorkQueue
 log = logging.getLogger("converge")
 
 RESYNC_SECONDS = 60.0
+STARTUP_LOOK = 1.0  # a start watched by the prober: the reconcile looks again after this at the soonest
 
 
 def resync_delay(key: ServiceKey, period: float, now: float) -> float:
@@ -203,8 +204,12 @@ class Runtime:
         def handle(key: ServiceKey) -> None:
             try:
                 o = self._reconcile(key)
+                requeue = o.requeue_after
                 if o.probe is not None:
-                    prober.track(key, o.probe)
+                    if prober.track(key, o.probe) and o.probe.startup and requeue is not None:
+                        # The prober watches the start-up and wakes the key at the first answer
+                        # (an exit wakes it too): the reconcile's own looks are only a fallback.
+                        requeue = max(requeue, STARTUP_LOOK)
                 else:
                     prober.untrack(key)
                 if o.gone:
@@ -212,7 +217,7 @@ class Runtime:
                 else:
                     known.add(key)
                     resync = resync_delay(key, self.resync, time.monotonic())
-                    queue.add_after(key, resync if o.requeue_after is None else min(o.requeue_after, resync))
+                    queue.add_after(key, resync if requeue is None else min(requeue, resync))
             except BaseException:
                 queue.add_after(key, 5.0)  # never lose the key: look again soon
                 raise
