@@ -44,11 +44,11 @@ def test_ready_follows_the_first_answer_with_no_status_write_in_between(client: 
     port = free_port()
     delay = 0.25  # the daemon listens only after this: a slow start
     command = ["/bin/sh", "-c", f"sleep {delay}; exec {PY} {HTTP_SERVER} {port}"]
-    client.store.create(ManagedService.model_validate({
+    client.apply([ManagedService.model_validate({
         "metadata": {"name": "slow", "namespace": "default"},
         "spec": {"backend": {"daemon": {"command": command}},
                  "endpoint": {"port": port, "healthCheck": {"http": {"path": "/healthz"}, "periodSeconds": 30}}},
-    }))
+    })])  # as `converge apply`: the object comes with converge's finalizer
     key = ServiceKey("default", "slow")
     before = client.store.writes
     stop = threading.Event()
@@ -71,9 +71,10 @@ def test_ready_follows_the_first_answer_with_no_status_write_in_between(client: 
         # The prober probes every few ms while it starts (an eighth of the time waited) and wakes
         # the reconcile at the first answer; the reconcile's own looks come a second apart.
         assert late < 0.25, f"Ready {late:.3f}s after the first answer"
-        if answered - started < 0.9:  # the start took less than the fallback look's 1 s
-            assert client.store.writes - before == 2, "pending_startup and active, nothing between"
     finally:
         stop.set()
         t.join(10)
+    assert not t.is_alive()
+    if answered - started < 0.9:  # the start took less than the fallback look's 1 s
+        assert client.store.writes - before == 2, "pending_startup and active, nothing between"
 
