@@ -3,13 +3,9 @@ daemon backend, real processes."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import pytest
-
-from converge.api import FINALIZER, AdminState, ManagedService, ServiceKey, State
+from converge.api import FINALIZER, ManagedService, ServiceKey, State
 from converge.client import Client
 from converge.conditions import is_ready
 
@@ -19,19 +15,6 @@ def _svc(name: str, **spec: Any) -> ManagedService:
         "metadata": {"name": name, "namespace": "default"},
         "spec": {"backend": {"daemon": {"command": ["sleep", "60"]}}, **spec},
     })
-
-
-@pytest.fixture
-def client(tmp_path: Path) -> Iterator[Client]:
-    c = Client.local(tmp_path / "store")
-    yield c
-    for obj in c.store.list().items:  # stop what the test started
-        spec = obj.spec.model_copy(update={"adminState": AdminState.inactive})
-        c.store.update(obj.model_copy(update={"spec": spec}))
-        for _ in range(50):
-            if c.reconciler.reconcile(obj.key).settled:
-                break
-        assert c.store.get(obj.key).status.state == State.inactive
 
 
 def test_a_start_without_health_check_is_written_active_in_one_status_write(client: Client) -> None:

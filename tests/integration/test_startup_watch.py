@@ -7,12 +7,8 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
-import pytest
-
-from converge.api import AdminState, ManagedService, ServiceKey, State
+from converge.api import ManagedService, ServiceKey, State
 from converge.client import Client
 from converge.conditions import is_ready
 from converge.runtime import Runtime
@@ -26,18 +22,6 @@ def answers(port: int) -> bool:
             return s.recv(64).startswith(b"HTTP/1.0 200")
     except OSError:
         return False
-
-
-@pytest.fixture
-def client(tmp_path: Path) -> Iterator[Client]:
-    c = Client.local(tmp_path / "store")
-    yield c
-    for obj in c.store.list().items:  # stop what the test started
-        spec = obj.spec.model_copy(update={"adminState": AdminState.inactive})
-        c.store.update(obj.model_copy(update={"spec": spec}))
-        for _ in range(50):
-            if c.reconciler.reconcile(obj.key).settled:
-                break
 
 
 def test_ready_follows_the_first_answer_with_no_status_write_in_between(client: Client) -> None:

@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from converge import core
-from converge.api import AdminState, ManagedService, ServiceKey, State
+from converge.api import ManagedService, ServiceKey, State
 from converge.backends.base import ProbeResult
 from converge.client import Client
 from tests.helpers import gone, http_service, until
@@ -25,19 +23,6 @@ def _svc(**spec: Any) -> ManagedService:
         "metadata": {"name": "s", "namespace": "default"},
         "spec": {"backend": {"daemon": {"command": ["sleep", "60"]}}, **spec},
     })
-
-
-@pytest.fixture
-def client(tmp_path: Path) -> Iterator[Client]:
-    c = Client.local(tmp_path / "store")
-    yield c
-    for obj in c.store.list().items:  # stop what the test started
-        spec = obj.spec.model_copy(update={"adminState": AdminState.inactive})
-        c.store.update(obj.model_copy(update={"spec": spec}))
-        for _ in range(50):
-            if c.reconciler.reconcile(obj.key).settled:
-                break
-        assert c.store.get(obj.key).status.state == State.inactive
 
 
 def _plans(monkeypatch: pytest.MonkeyPatch) -> list[ServiceKey]:
