@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
 
@@ -353,6 +353,19 @@ def at_rest(svc: ManagedService, p: Plan) -> bool:
     same plan (time only enters through backoff, start-up and reset deadlines, and each
     of those asks for a requeue or changes the status), so that pass can be skipped."""
     return p.action is None and p.settled and p.requeue_after is None and p.status == svc.status
+
+
+_PASSED = ProbeResult(True)
+
+
+def look_at_rest(o: Observed) -> Observed:
+    """What of a look the plan depends on, to compare the looks of a service at rest: of a
+    passed probe only that it passed (its message, and whether an earlier pass already
+    counted it, never enter the plan: only a failure is counted). So a resync that finds the
+    prober's newest passing result is the same look as the one at rest before."""
+    if o.health is not None and o.health.ok and (not o.health_fresh or o.health.message):
+        return replace(o, health=_PASSED, health_fresh=True)
+    return o
 
 
 # --------------------------------------------------------------------------- outcomes

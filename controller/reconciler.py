@@ -116,9 +116,10 @@ class Reconciler:
         except CorruptObject as exc:
             return Outcome(key, settled=True, error=str(exc))
         steady = self._steady.get(key) if self.shortcut else None
-        if (steady is not None and steady.svc is svc and steady.observed.health is None
-                and self._observe(svc, steady.backend, steady.target, steady.target.spec_hash) == steady.observed):
-            # At rest before, the same object, no probe result to count, the same look:
+        if (steady is not None and steady.svc is svc and (steady.observed.health is None or steady.observed.health.ok)
+                and core.look_at_rest(self._observe(svc, steady.backend, steady.target,
+                                                    steady.target.spec_hash)) == steady.observed):
+            # At rest before, the same object, no failed probe to count, the same look:
             # settled without the service's lock (a look acts on nothing; a change found
             # is looked at again under the lock).
             return steady.outcome
@@ -138,7 +139,7 @@ class Reconciler:
         steady = self._steady.get(svc.key) if self.shortcut else None
         if steady is not None and steady.svc is svc:  # at rest before: plan only if the world changed
             observed = self._observe(svc, steady.backend, steady.target, steady.target.spec_hash)
-            if observed == steady.observed:
+            if core.look_at_rest(observed) == steady.observed:
                 return steady.outcome
             return self._act(svc, steady.backend, steady.target, observed, self.clock())
         deleting = svc.metadata.deletionTimestamp is not None
@@ -172,7 +173,7 @@ class Reconciler:
         if p.action is None:
             out = self._write(svc, p)
             if core.at_rest(svc, p):
-                self._steady[svc.key] = _Steady(svc, backend, target, observed, out)
+                self._steady[svc.key] = _Steady(svc, backend, target, core.look_at_rest(observed), out)
             return out
         self._steady.pop(svc.key, None)
         if p.action == core.Action.forget:

@@ -79,6 +79,24 @@ def test_a_changed_object_is_planned_again_even_when_edited_by_hand(
     assert after.status.backend["pid"] != before.status.backend["pid"]  # replaced: the spec changed
 
 
+def test_a_passed_probe_of_a_service_at_rest_needs_no_plan(client: Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A resync that finds the prober's newest result passed (fresh, not yet counted) is the
+    same look as the one at rest: not planned, nothing written."""
+    client.store.create(ManagedService.model_validate(
+        http_service("s", check="tcp", health={"periodSeconds": 60, "failureThreshold": 3})))
+    _settle(client)
+    client.reconciler.reconcile(KEY)
+    svc = client.store.get(KEY)
+    port = svc.status.endpoint.port if svc.status.endpoint else None
+    assert port is not None
+    plans, writes = _plans(monkeypatch), client.store.writes
+    for _ in range(3):
+        client.reconciler.probes.record(KEY, (svc.status.startedAt, port), ProbeResult(True))  # the prober's
+        out = client.reconciler.reconcile(KEY)
+        assert (out.settled, out.state) == (True, State.active.value)
+    assert plans == [] and client.store.writes == writes
+
+
 def test_a_failed_probe_of_a_service_at_rest_is_counted(client: Client, monkeypatch: pytest.MonkeyPatch) -> None:
     client.store.create(ManagedService.model_validate(
         http_service("s", check="tcp", health={"periodSeconds": 60, "failureThreshold": 3})))

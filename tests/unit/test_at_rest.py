@@ -83,3 +83,24 @@ def test_at_rest_needs_no_action_no_write_and_no_look_due() -> None:
     assert core.at_rest(svc, core.plan(svc, running, T0 + timedelta(seconds=5)))
     absent = core.Observed(observation=Observation(Phase.absent), desired_hash=HASH)
     assert not core.at_rest(svc, core.plan(svc, absent, T0))  # provision
+
+
+@settings(max_examples=400, deadline=None)
+@given(admin=st.sampled_from(["active", "suspended", "inactive"]), health=st.booleans(),
+       deleting=st.booleans(), history=st.lists(st.tuples(observed, seconds), min_size=1, max_size=6),
+       last=observed, message=st.sampled_from(["", "200 OK"]))
+def test_a_passed_probe_plans_the_same_whatever_its_message_and_freshness(
+        admin: str, health: bool, deleting: bool, history: list[tuple[Any, float]], last: Any, message: str) -> None:
+    """core.look_at_rest keeps of a look all that a plan depends on (the reconciler compares
+    looks of services at rest through it)."""
+    svc = service(admin, health, deleting)
+    now = T0
+    for seen, dt in history:
+        now += timedelta(seconds=dt)
+        svc = svc.model_copy(update={"status": core.plan(svc, seen, now).status})
+    if last.health is not None and last.health.ok:
+        last = core.Observed(**{**vars(last), "health": ProbeResult(True, message)})
+    assert core.plan(svc, last, now) == core.plan(svc, core.look_at_rest(last), now)
+    assert core.look_at_rest(core.look_at_rest(last)) == core.look_at_rest(last)
+    if last.health is not None and not last.health.ok:
+        assert core.look_at_rest(last) == last  # a failure is counted: kept as it is
