@@ -663,26 +663,27 @@ class DaemonBackend:
         if self._thread is not None:
             return
         self._notify = notify
+        self._stopping.clear()
         self._selector = selectors.DefaultSelector()
         self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_w, False)  # written under the lock: never blocks on a full pipe
         self._selector.register(self._wake_r, selectors.EVENT_READ, None)
         self._thread = threading.Thread(target=self._loop, name="daemon-exits", daemon=True)
         self._thread.start()
         threading.Thread(target=cgroups.sweep, name="cgroup-sweep", daemon=True).start()  # once per controller
 
     def _arm(self, pid: int, key: ServiceKey) -> None:
-        if self._selector is None:
-            return
         with self._mu:
-            if pid in self._watched:
-                return
+            if self._selector is None or pid in self._watched:
+                return  # no exit watcher (a one-off reconcile, or closed), or armed already
             try:
                 pidfd = os.pidfd_open(pid)
             except ProcessLookupError:
                 return
             self._watched[pid] = (pidfd, key)
             self._selector.register(pidfd, selectors.EVENT_READ, pid)
-        os.write(self._wake_w, b"x")
+            with contextlib.suppress(BlockingIOError):  # a wake-up is pending anyway
+                os.write(self._wake_w, b"x")
 
     def _watch_log(self, target: Target) -> None:
         """Keep the service's log within its size while it runs: the exit watcher's thread
@@ -701,8 +702,9 @@ class DaemonBackend:
                 self._wake()
 
     def _wake(self) -> None:
-        if self._wake_w >= 0:
-            os.write(self._wake_w, b"x")
+        with self._mu, contextlib.suppress(BlockingIOError):  # not while close() closes it
+            if self._wake_w >= 0:
+                os.write(self._wake_w, b"x")
 
     def _rotate_due(self) -> float:
         """Check the logs whose check is due (one stat each; rotated when over their size);
@@ -774,12 +776,25 @@ class DaemonBackend:
             timeout = self._rotate_due()
 
     def close(self) -> None:
+        """Stop the exit watcher and forget what it watched, so the backend works on as
+        before `watch` (a reconcile after a runtime stopped, e.g. the Python client's delete:
+        a closed pidfd left registered made the next one with its number fail to arm)."""
         self._stopping.set()
-        if self._thread is not None and self._wake_w >= 0:
-            os.write(self._wake_w, b"x")
+        if self._thread is not None:
+            self._wake()
             self._thread.join(timeout=2)
         with self._mu:
             for pidfd, _ in self._watched.values():
                 with contextlib.suppress(OSError):
                     os.close(pidfd)
             self._watched.clear()
+            self._ours.clear()  # the observe fast path trusts an armed pidfd: none is armed now
+            if self._selector is not None:
+                self._selector.close()
+                self._selector = None
+            for fd in (self._wake_r, self._wake_w):
+                if fd >= 0:
+                    with contextlib.suppress(OSError):
+                        os.close(fd)
+            self._wake_r, self._wake_w = -1, -1
+            self._thread = None

@@ -119,3 +119,32 @@ def test_a_failed_probe_of_a_service_at_rest_is_counted(client: Client, monkeypa
     client.reconciler.probes.record(KEY, run, ProbeResult(False, "refused"))  # the next one
     client.reconciler.reconcile(KEY)
     assert client.store.get(KEY).status.healthFailures == 2
+
+
+def test_the_client_works_on_after_a_runtime_stopped(client: Client) -> None:
+    """Runtime.run closes the backends' exit watchers when it stops; the daemon backend then
+    works as before it watched: a look at a running daemon after that is no error (it armed
+    a new pidfd, which, given the number of a closed one still registered, raised KeyError
+    'already registered' out of reconcile), a kill is still restarted, a delete converges."""
+    import threading
+
+    from converge.runtime import Runtime
+
+    keys = [ServiceKey("default", f"s{i}") for i in range(4)]
+    for k in keys:
+        client.store.create(_svc().model_copy(update={"metadata": _svc().metadata.model_copy(update={"name": k.name})}))
+    stop = threading.Event()
+    t = threading.Thread(target=Runtime(client.reconciler, workers=2).run, args=(stop,))
+    t.start()
+    until(lambda: all(client.store.get(k).status.state == State.active for k in keys), what="all active")
+    stop.set()
+    t.join(timeout=30)
+    for k in keys:  # a look at each running daemon arms a pidfd again
+        out = client.reconciler.reconcile(k)
+        assert out.error in ("", None) and out.state == State.active.value, out.error
+    pid = int(client.store.get(keys[1]).status.backend["pid"])
+    os.kill(pid, signal.SIGKILL)
+    until(lambda: gone(pid), what="the process gone")
+    _settle(client, keys[1])
+    assert int(client.store.get(keys[1]).status.backend["pid"]) != pid  # restarted, without a watcher
+    assert client.delete(keys[0].name).gone
