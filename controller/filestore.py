@@ -503,19 +503,19 @@ class FileStore:
         files: dict[str, dict[str, _Sig]] = {}
 
         def follow(ns: str) -> None:
-            """Watch a namespace folder, then list it (so no change falls between)."""
+            """Watch a namespace folder (then list it: no change falls between)."""
             with contextlib.suppress(FileNotFoundError, NotADirectoryError):
                 wds[ino.add(self.root / ns, _NS_EVENTS)] = ns
-            files[ns] = self._scan(ns)
 
-        def relisted(ns: str) -> list[str]:
-            """List a folder again; the names whose files differ from the last listing."""
-            prev = files.get(ns, {})
-            cur = files[ns] = self._scan(ns)
+        def differing(ns: str) -> list[str]:
+            """List a folder again: the names whose files differ from what is known of them
+            (`files` is brought up to date name by name where they are reported, below)."""
+            prev, cur = files.get(ns, {}), self._scan(ns)
             return sorted(n for n in cur.keys() | prev.keys() if cur.get(n) != prev.get(n))
 
         for ns in self.namespaces():
             follow(ns)
+            files[ns] = self._scan(ns)
         try:
             while not is_set():
                 if not select.select([ino.fd], [], [], STOP_CHECK)[0]:
@@ -525,18 +525,16 @@ class FileStore:
                     if ev.mask & _IN.IN_Q_OVERFLOW:  # events were lost: compare every folder again
                         for ns in dict.fromkeys([*files, *self.namespaces()]):
                             if ns not in files:
-                                follow(ns)
-                            changed.update(((ns, n), None) for n in relisted(ns))
+                                follow(ns)  # a new one: all of it differs
+                            changed.update(((ns, n), None) for n in differing(ns))
                     elif ev.wd == root_wd:
                         if ev.mask & (_IN.IN_DELETE_SELF | _IN.IN_MOVE_SELF | _IN.IN_IGNORED):
                             return True  # the store's folder went away: polling sees it come back
                         if not ev.mask & _IN.IN_ISDIR or ev.name.startswith((".", "_")):
                             continue
                         if ev.mask & (_IN.IN_CREATE | _IN.IN_MOVED_TO):
-                            before = files.get(ev.name, {})
                             follow(ev.name)
-                            names = sorted(n for n in files[ev.name].keys() | before.keys()
-                                           if files[ev.name].get(n) != before.get(n))
+                            names = differing(ev.name)  # what it held before the watch was added too
                         else:  # a namespace folder removed or renamed away: its objects are gone
                             names = sorted(files.pop(ev.name, {}))
                         changed.update(((ev.name, n), None) for n in names)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing
 import os
 import signal
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -215,44 +217,54 @@ def test_reading_creates_nothing_and_every_folder_is_private(tmp_path: Path) -> 
             assert d.stat().st_mode & 0o077 == 0, d
 
 
-@pytest.mark.parametrize("events", [True, False], ids=["inotify", "polling"])
-def test_watch_reports_others_changes_not_its_own_writes(tmp_path: Path, events: bool) -> None:
-    mine, other = FileStore(tmp_path / "st"), FileStore(tmp_path / "st")  # e.g. `converge run` and `apply`
-    mine.create(make("own"))
-    other.create(make("theirs"))
+@contextlib.contextmanager
+def watching(watch: Callable[[threading.Event], Iterator[ServiceKey]]) -> Iterator[Callable[[int], list[ServiceKey]]]:
+    """Run a store's watch on a thread; yields taken(n): the keys it reported once n were
+    (or, for none, after a pause), sorted, then forgotten. The watch ends with the block."""
     stop = threading.Event()
     seen: list[ServiceKey] = []
-    t = threading.Thread(target=lambda: seen.extend(mine.watch(stop, interval=0.02, events=events)), daemon=True)
+    t = threading.Thread(target=lambda: seen.extend(watch(stop)), daemon=True)
     t.start()
 
-    def settle(expect: int = 0) -> list[ServiceKey]:
-        """What was reported once `expect` keys were (or, for none, after many ticks)."""
+    def taken(n: int = 0) -> list[ServiceKey]:
         deadline = time.monotonic() + 10
-        while len(seen) < expect and time.monotonic() < deadline:
-            time.sleep(0.02)
+        while len(seen) < n and time.monotonic() < deadline:
+            time.sleep(0.01)
         time.sleep(0.3)
         got = sorted(seen)
         seen.clear()
         return got
 
-    other.create(make("sentinel"))
-    assert settle(1) == [ServiceKey("default", "sentinel")]  # the watch is running
-    own = mine.get(ServiceKey("default", "own")).model_copy(deep=True)
-    own.status.restarts = 1
-    mine.update_status(own)  # the controller's own status write
-    mine.create(make("mine-new"))
-    assert settle() == []
-    theirs = other.get(ServiceKey("default", "theirs")).model_copy(deep=True)
-    theirs.metadata.labels = {"changed": "yes"}
-    other.update(theirs)
-    other.create(make("new"))
-    assert settle(2) == [ServiceKey("default", "new"), ServiceKey("default", "theirs")]
-    other.delete(ServiceKey("default", "own"))
-    assert settle(1) == [ServiceKey("default", "own")]
-    mine.delete(ServiceKey("default", "theirs"))
-    assert settle() == []
-    stop.set()
-    t.join(2)
+    try:
+        yield taken
+    finally:
+        stop.set()
+        t.join(3)
+    assert not t.is_alive()
+
+
+@pytest.mark.parametrize("events", [True, False], ids=["inotify", "polling"])
+def test_watch_reports_others_changes_not_its_own_writes(tmp_path: Path, events: bool) -> None:
+    mine, other = FileStore(tmp_path / "st"), FileStore(tmp_path / "st")  # e.g. `converge run` and `apply`
+    mine.create(make("own"))
+    other.create(make("theirs"))
+    with watching(lambda stop: mine.watch(stop, interval=0.02, events=events)) as settle:
+        other.create(make("sentinel"))
+        assert settle(1) == [ServiceKey("default", "sentinel")]  # the watch is running
+        own = mine.get(ServiceKey("default", "own")).model_copy(deep=True)
+        own.status.restarts = 1
+        mine.update_status(own)  # the controller's own status write
+        mine.create(make("mine-new"))
+        assert settle(0) == []
+        theirs = other.get(ServiceKey("default", "theirs")).model_copy(deep=True)
+        theirs.metadata.labels = {"changed": "yes"}
+        other.update(theirs)
+        other.create(make("new"))
+        assert settle(2) == [ServiceKey("default", "new"), ServiceKey("default", "theirs")]
+        other.delete(ServiceKey("default", "own"))
+        assert settle(1) == [ServiceKey("default", "own")]
+        mine.delete(ServiceKey("default", "theirs"))
+        assert settle(0) == []
 
 
 @pytest.mark.parametrize("events", [True, False], ids=["inotify", "polling"])
@@ -294,21 +306,7 @@ def test_watch_by_inotify_reports_at_once_new_namespaces_and_edits_in_place(tmp_
     (an editor, `cp`) is reported, and an idle store reports nothing."""
     mine, other = FileStore(tmp_path / "st"), FileStore(tmp_path / "st")
     other.create(make("a"))
-    stop = threading.Event()
-    seen: list[ServiceKey] = []
-    t = threading.Thread(target=lambda: seen.extend(mine.watch(stop, interval=60)), daemon=True)
-    t.start()
-
-    def wait_for(n: int) -> list[ServiceKey]:
-        deadline = time.monotonic() + 5
-        while len(seen) < n and time.monotonic() < deadline:
-            time.sleep(0.01)
-        time.sleep(0.2)
-        got = sorted(seen)
-        seen.clear()
-        return got
-
-    try:
+    with watching(lambda stop: mine.watch(stop, interval=60)) as wait_for:
         time.sleep(0.3)  # the watch is set up
         other.create(make("b"))
         assert wait_for(1) == [ServiceKey("default", "b")]
@@ -327,10 +325,56 @@ def test_watch_by_inotify_reports_at_once_new_namespaces_and_edits_in_place(tmp_
         assert wait_for(0) == []
         other.delete(ServiceKey("team", "d"))
         assert wait_for(1) == [ServiceKey("team", "d")]
-    finally:
-        stop.set()
-        t.join(3)
-    assert not t.is_alive()
+
+
+def test_watch_by_inotify_reports_a_namespace_folder_moved_in_whole(tmp_path: Path) -> None:
+    """A folder that arrives with its objects already in it (a restore, `mv`): no event of
+    its own files ever comes, so what it holds is reported when the folder appears."""
+    mine = FileStore(tmp_path / "st")
+    mine.create(make("a"))
+    elsewhere = FileStore(tmp_path / "backup")
+    elsewhere.create(in_team("c"))
+    elsewhere.create(in_team("d"))
+    with watching(lambda stop: mine.watch(stop, interval=60)) as taken:
+        time.sleep(0.3)  # the watch is set up
+        os.rename(tmp_path / "backup" / "team", tmp_path / "st" / "team")
+        assert taken(2) == [ServiceKey("team", "c"), ServiceKey("team", "d")]
+
+
+def test_watch_by_inotify_after_lost_events_reports_what_changed_also_in_a_new_namespace(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The kernel's event queue overflowed (IN_Q_OVERFLOW: the events themselves are lost):
+    the watch compares every folder again, and a namespace folder it never saw is reported
+    whole. The overflow is injected (it needs the system-wide queue limit lowered): the
+    events of one read are replaced by it; the store, the folders and inotify are real."""
+    from converge import filestore, inotify
+
+    mode: list[str] = [""]  # "lose": the events read are dropped; "overflow": replaced by one
+
+    class LosingEvents(inotify.Inotify):
+        def read(self) -> list[inotify.Event]:
+            got = super().read()
+            if got and mode[0] == "lose":
+                return []
+            if got and mode[0] == "overflow":
+                mode[0] = ""
+                return [inotify.Event(-1, inotify.IN_Q_OVERFLOW, "")]
+            return got
+
+    monkeypatch.setattr(filestore, "Inotify", LosingEvents)
+    mine, other = FileStore(tmp_path / "st"), FileStore(tmp_path / "st")
+    other.create(make("a"))
+    with watching(lambda stop: mine.watch(stop, interval=60)) as taken:
+        time.sleep(0.3)  # the watch is set up
+        mode[0] = "lose"
+        other.create(in_team("c"))  # a new namespace folder and its object: events lost
+        assert taken(0) == []
+        mode[0] = "overflow"
+        other.create(make("b"))  # the kernel says it lost events
+        assert taken(2) == [ServiceKey("default", "b"), ServiceKey("team", "c")]
+        assert mode[0] == ""
+        other.create(in_team("d"))  # the new namespace is followed from now on
+        assert taken(1) == [ServiceKey("team", "d")]
 
 
 def test_written_objects_are_the_callers_own_and_a_status_write_keeps_the_shared_spec(tmp_path: Path) -> None:
