@@ -66,8 +66,7 @@ class WorkQueue(Generic[K]):
                 self._done(done)
             while not self._closed:
                 now = time.monotonic()
-                while self._heap and self._due.get(self._heap[0][2]) != self._heap[0][0]:
-                    heapq.heappop(self._heap)  # superseded entry
+                self._prune()
                 if self._heap and self._heap[0][0] <= now:
                     _, _, key = heapq.heappop(self._heap)
                     del self._due[key]
@@ -104,12 +103,16 @@ class WorkQueue(Generic[K]):
         if when is not None:
             self._add(key, when)
 
+    def _prune(self) -> None:
+        """Drop the heap's superseded entries off its top (holding the lock)."""
+        while self._heap and self._due.get(self._heap[0][2]) != self._heap[0][0]:
+            heapq.heappop(self._heap)
+
     def ready(self) -> int:
         """Keys due now and waiting for a worker (O(keys): call it now and then)."""
         now = time.monotonic()
         with self._cv:
-            while self._heap and self._due.get(self._heap[0][2]) != self._heap[0][0]:
-                heapq.heappop(self._heap)  # superseded entry
+            self._prune()
             if not self._heap or self._heap[0][0] > now:
                 return 0  # the earliest is not due yet (at idle: always; no walk over every key)
             return sum(1 for when in self._due.values() if when <= now)
