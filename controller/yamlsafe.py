@@ -18,6 +18,7 @@ Every error names the line. Pure: text in, values out.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -157,6 +158,57 @@ def _short(tag: str) -> str:
     return "!!" + tag.removeprefix(_T) if tag.startswith(_T) else tag[:60]
 
 
+# JSON that the YAML path reads exactly alike (see _json_document): no tab, no character
+# the YAML reader refuses, no BOM, no raw line separator (YAML folds NEL, U+2028 and U+2029
+# inside a quoted string; JSON keeps them).
+_NOT_PLAIN_JSON = re.compile("[^\n\r\x20-\x7e\xa0-\u2027\u202a-\ud7ff\ue000-\ufefe\uff00-\ufffd"
+                             "\U00010000-\U0010ffff]")
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")  # JSON joins a pair, YAML does not
+_KEY_ON_NEXT_LINE = re.compile(r"[\n\r]\s*:")  # a YAML flow key ends on its own line
+_MAX_SIMPLE_KEY = 1000  # a YAML key longer than 1024 characters is no implicit key
+
+
+class _NotPlainJson(Exception):
+    pass
+
+
+def _refuse_constant(_name: str) -> Any:
+    raise _NotPlainJson  # NaN, Infinity: YAML reads them as strings
+
+
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs) or any(len(k) > _MAX_SIMPLE_KEY for k in obj):
+        raise _NotPlainJson  # a duplicate key: the YAML path names it and its lines
+    return obj
+
+
+_NOT_JSON = object()
+
+
+def _json_document(text: str, limit: int) -> Any:
+    """The value of a text that is one JSON object, read by the C JSON parser (YAML's
+    constructor is Python, ~1 ms an object), when the YAML path below would return exactly
+    the same value: else _NOT_JSON, and the YAML path reads it (and names any problem).
+
+    Exactly the same: JSON is YAML's flow style, so a JSON text means the same to both
+    except where the checks above send it to the YAML path (characters, surrogate escapes,
+    NaN/Infinity, duplicate or very long keys, a key and its ':' on two lines). The
+    bounds hold without the node pass: JSON has no aliases, tags or merge keys; its
+    expanded size (as _Measure counts it) is at most 2.5 times its text, so a text of at
+    most a third of `limit` fits, and it is nested no deeper than it has brackets."""
+    if text.lstrip(" \n\r")[:1] != "{" or 3 * len(text) > limit:
+        return _NOT_JSON
+    if text.count("{") + text.count("[") > MAX_DEPTH or _NOT_PLAIN_JSON.search(text):
+        return _NOT_JSON
+    if ("\\u" in text and _SURROGATE_ESCAPE.search(text)) or _KEY_ON_NEXT_LINE.search(text):
+        return _NOT_JSON
+    try:
+        return json.loads(text, object_pairs_hook=_object, parse_constant=_refuse_constant)
+    except (_NotPlainJson, ValueError, RecursionError):  # JSONDecodeError is a ValueError
+        return _NOT_JSON
+
+
 def load_all(text: str, limit: int = MAX_OBJECT_BYTES) -> Iterator[tuple[int, Any]]:
     """(1-based document number, value) for each document; empty documents are None.
     Raises YamlError (a subclass carries the line) for the first problem found."""
@@ -168,6 +220,14 @@ def load_all(text: str, limit: int = MAX_OBJECT_BYTES) -> Iterator[tuple[int, An
         if end - start > MAX_DOCUMENT_TEXT:
             raise YamlError(f"a document of more than {MAX_DOCUMENT_TEXT} bytes", text.count("\n", 0, start) + 1)
         start = end
+    value = _json_document(text, limit)
+    if value is not _NOT_JSON:
+        yield 1, value
+        return
+    yield from _load_yaml(text, limit)
+
+
+def _load_yaml(text: str, limit: int) -> Iterator[tuple[int, Any]]:
     try:
         if not _C_NESTING_LIMIT:  # libyaml >= 0.2.5 refuses nesting past 1000 itself (no deep C recursion)
             _check_depth(text)
