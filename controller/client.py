@@ -32,7 +32,7 @@ from converge.conditions import READY
 from converge.filestore import FileStore, default_root
 from converge.host import Host, default_state_dir
 from converge.outcome import Outcome
-from converge.registry import Backends, KnownKinds, cluster_backends
+from converge.registry import Backends, KnownKinds, checked_at_apply, cluster_backends
 from converge.selector import Selector, parse_selector
 from converge.store import AlreadyExists, Conflict, NotFound, Store, StoreError
 from converge.waiting import WaitFor, parse_wait_for
@@ -159,6 +159,8 @@ class Client:
         objs = manifest.load(sources, KnownKinds(), namespace=namespace, stored_deps=self._stored_deps)
         problems = []
         for o in objs:
+            if not checked_at_apply(o.spec.backend.kind):
+                continue
             try:
                 check = getattr(self.backends.get(o.spec.backend.kind), "check_apply", None)
             except BackendError:

@@ -5,7 +5,16 @@ from __future__ import annotations
 
 from importlib.metadata import entry_points
 
-from converge.registry import BUILTIN, BUILTIN_KINDS, GROUP, KnownKinds, available_kinds
+from converge.registry import (
+    BUILTIN,
+    BUILTIN_KINDS,
+    CHECKED_AT_APPLY,
+    GROUP,
+    KnownKinds,
+    _backend_class,
+    available_kinds,
+    checked_at_apply,
+)
 
 
 def test_builtin_kinds_are_the_registered_entry_points() -> None:
@@ -14,3 +23,9 @@ def test_builtin_kinds_are_the_registered_entry_points() -> None:
     known = KnownKinds()
     assert "daemon" in known and "nope" not in known
     assert sorted(known) == available_kinds() and len(known) == len(available_kinds())
+
+
+def test_checked_at_apply_are_the_builtin_backends_with_apply_time_checks() -> None:
+    assert {k for k in BUILTIN if hasattr(_backend_class(k), "check_apply")} == CHECKED_AT_APPLY
+    assert checked_at_apply("container") and not checked_at_apply("daemon")
+    assert checked_at_apply("some-plugin")  # a plug-in's class is asked
