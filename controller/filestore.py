@@ -45,7 +45,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from converge import inotify as _IN
-from converge import storefiles
+from converge import storebatch, storefiles
 from converge.api import ManagedService, ManagedServiceSpec, ObjectMeta, ServiceKey
 from converge.fielderrors import format_validation_error
 from converge.inotify import Inotify
@@ -65,7 +65,6 @@ _NS_EVENTS = (_IN.IN_CLOSE_WRITE | _IN.IN_MOVED_TO | _IN.IN_MOVED_FROM | _IN.IN_
               | _IN.IN_ATTRIB | _IN.IN_ONLYDIR | _IN.IN_DONT_FOLLOW)
 _REWRITTEN = _IN.IN_CLOSE_WRITE | _IN.IN_CREATE  # never how this store writes (it renames): always another's
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_TMP_SUFFIX = ".tmp"
 
 
 class UnsafeStore(StoreError):
@@ -281,15 +280,43 @@ class FileStore:
             os.close(fd)  # closing releases the flock
 
     def _sweep(self) -> None:
-        """Remove temp files left by a writer that crashed (called holding the store lock,
-        when no write can be under way)."""
+        """What a writer that crashed left (called holding the store lock, when no write
+        can be under way): a batch it committed is completed (converge.storebatch), then
+        its temp files are removed."""
         self._swept = True
+        root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            storebatch.complete(root_fd)
+        finally:
+            os.close(root_fd)
         for ns in self.namespaces():
             with contextlib.suppress(OSError):
                 for e in os.scandir(self.root / ns):
-                    if e.name.startswith(".") and e.name.endswith(_TMP_SUFFIX) and e.is_file(follow_symlinks=False):
+                    if storebatch.is_temp(e.name) and e.is_file(follow_symlinks=False):
                         with contextlib.suppress(OSError):
                             Path(e.path).unlink()
+
+    def _stage(self, dfd: int, path: Path, data: bytes) -> tuple[str, _Sig, ManagedService | None]:
+        """data in a new temp file next to path (in the folder dfd), stamped if it is
+        canonical, fsynced: (its name, its (inode, mtime, size), the object it holds if
+        canonical). Nothing is left behind on failure."""
+        tmp = storebatch.temp_name(path.name)
+        fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dfd)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            stored = _canonical(data)
+            if stored is not None:  # valid as written: readers may trust it unvalidated
+                storefiles.stamp_fd(fd, data)
+            os.fsync(fd)
+            sig = _sig(os.fstat(fd))  # a rename keeps inode, mtime and size
+        except BaseException:
+            os.close(fd)
+            os.unlink(tmp, dir_fd=dfd)
+            raise
+        os.close(fd)
+        return tmp, sig, stored
 
     def _write(self, obj: ManagedService, cur: ManagedService | None = None, durable: bool = True) -> ManagedService:
         """Write obj atomically (temp file, fsync, rename). `cur`: the stored object obj
@@ -309,25 +336,9 @@ class FileStore:
         status can make no duplicate and no orphan; the next pass observes and rewrites it."""
         path = self.path(obj.key)
         data = _encode(obj)
-        tmp = f".{path.name}.{uuid.uuid4().hex}{_TMP_SUFFIX}"  # unique: no name to plant a link at
         dfd = self._folder(path.parent)  # every step relative to the folder: no link followed
         try:
-            fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
-                         dir_fd=dfd)
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
-                stored = _canonical(data)
-                if stored is not None:  # valid as written: readers may trust it unvalidated
-                    storefiles.stamp_fd(fd, data)
-                os.fsync(fd)
-                sig = _sig(os.fstat(fd))  # a rename keeps inode, mtime and size
-            except BaseException:
-                os.close(fd)
-                os.unlink(tmp, dir_fd=dfd)
-                raise
-            os.close(fd)
+            tmp, sig, stored = self._stage(dfd, path, data)
             with self._mu:
                 self._own[path] = sig  # before the rename: the watch must never see it unannounced
             os.replace(tmp, path.name, src_dir_fd=dfd, dst_dir_fd=dfd)
@@ -370,14 +381,67 @@ class FileStore:
         if obj.metadata.uid is not None and obj.metadata.uid != cur.metadata.uid:
             raise Conflict(f"{obj.key}: uid changed (the object was deleted and created again)")
 
+    @staticmethod
+    def _new(obj: ManagedService, now: datetime) -> ManagedService:
+        meta = obj.metadata.model_copy(update={
+            "uid": str(uuid.uuid4()), "resourceVersion": "1", "generation": 1, "creationTimestamp": now})
+        return obj.model_copy(update={"metadata": meta})
+
     def create(self, obj: ManagedService) -> ManagedService:
         with self._writer():
             if self._current(obj.key) is not None:
                 raise AlreadyExists(str(obj.key))
-            meta = obj.metadata.model_copy(update={
-                "uid": str(uuid.uuid4()), "resourceVersion": "1", "generation": 1,
-                "creationTimestamp": datetime.now(UTC)})
-            return self._write(obj.model_copy(update={"metadata": meta}))
+            return self._write(self._new(obj, datetime.now(UTC)))
+
+    def create_many(self, objs: Sequence[ManagedService]) -> None:
+        """Create all of objs or none: AlreadyExists (nothing written) if any exists.
+        One hold of the lock; each file fsynced, then a commit record, the renames and
+        one fsync per folder (converge.storebatch says what a crash at any moment leaves:
+        none of them, or all once the next writer has looked)."""
+        if len({o.key for o in objs}) != len(objs):
+            raise ValueError("create_many: a key given twice")
+        with self._writer():
+            for obj in objs:
+                if self._current(obj.key) is not None:
+                    raise AlreadyExists(str(obj.key))
+            now = datetime.now(UTC)
+            folders: dict[Path, int] = {}
+            staged: list[tuple[int, Path, str, _Sig, ManagedService | None, ManagedService]] = []
+            committed = False
+            try:
+                for obj in objs:
+                    new = self._new(obj, now)
+                    path = self.path(new.key)
+                    dfd = folders.get(path.parent)
+                    if dfd is None:
+                        dfd = folders[path.parent] = self._folder(path.parent)
+                    staged.append((dfd, path, *self._stage(dfd, path, _encode(new)), new))
+                root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+                try:
+                    record = storebatch.write_record(root_fd, [(p.parent.name, tmp) for _, p, tmp, *_ in staged])
+                    committed = True
+                    for dfd, path, tmp, sig, _, _ in staged:
+                        with self._mu:
+                            self._own[path] = sig  # before the rename: the watch must never see it unannounced
+                        os.replace(tmp, path.name, src_dir_fd=dfd, dst_dir_fd=dfd)
+                    for dfd in folders.values():
+                        os.fsync(dfd)
+                    os.unlink(record, dir_fd=root_fd)
+                finally:
+                    os.close(root_fd)
+            except BaseException:
+                if not committed:  # none of them was renamed: the temp files go now
+                    for dfd, _, tmp, *_ in staged:
+                        with contextlib.suppress(OSError):
+                            os.unlink(tmp, dir_fd=dfd)
+                raise
+            finally:
+                for dfd in folders.values():
+                    os.close(dfd)
+            with self._mu:
+                for _, _, _, sig, stored, new in staged:
+                    self._cache[new.key] = (sig, stored if stored is not None else new.model_copy(deep=True))
+            self.writes += len(staged)
 
     # The object to write is built by shallow copies (model_copy(update=...)), sharing parts
     # with the stored object and with the caller's: it is only encoded, and what is kept

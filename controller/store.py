@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from converge.names import ServiceKey
 
@@ -114,4 +114,13 @@ class Store(Protocol):
 
     def watch(self, stop: object) -> Iterator[ServiceKey]:
         """Keys of objects that changed (created, updated, deleted), until stop is set."""
+        ...
+
+
+@runtime_checkable
+class CreatesMany(Protocol):
+    """A store that creates many objects at once, all or none (FileStore)."""
+
+    def create_many(self, objs: Sequence[ManagedService]) -> None:
+        """Create all of objs (as `create` each) or none: AlreadyExists if any exists."""
         ...
