@@ -17,7 +17,8 @@ A write goes to a temp file in the same folder, is fsynced and renamed over the 
 and the folder is fsynced (not for a status-only write: see _write): a crash leaves either
 the old or the new object, never a torn one (a crash's leftover temp file is removed by
 the next writer: every write happens under the store lock, so a temp file seen while
-holding it is garbage).
+holding it is garbage). `create_many` (what `apply` uses for its new objects) writes a
+batch all or nothing, also across a crash: see converge.storebatch.
 
 Hostile contents: nothing inside the root is followed if it is a link (namespace folders,
 object files, `.lock`, temp files: O_NOFOLLOW and folder fds), a link or anything but a
