@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from converge import yamlsafe
+from converge import yamlnodes, yamlsafe
 from converge.api import MAX_OBJECT_BYTES
 from converge.yamlsafe import YamlError, load_all
 
@@ -31,7 +31,7 @@ VALUES = st.recursive(SCALARS, lambda inner: st.one_of(st.lists(inner, max_size=
 
 def _yaml(text: str) -> Any:
     try:
-        return ("ok", list(yamlsafe._load_yaml(text, MAX_OBJECT_BYTES)))
+        return ("ok", list(yamlnodes.load_yaml(text, MAX_OBJECT_BYTES)))
     except YamlError as exc:
         return ("error", str(exc))
 
