@@ -9,6 +9,7 @@ working directory.
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 from collections.abc import Callable, Collection, Iterable
@@ -16,9 +17,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
-from converge.api import GROUP_VERSION, KIND, MAX_OBJECT_BYTES, EnvVar, ManagedService, check_name
+from converge.api import (
+    GROUP_VERSION,
+    KIND,
+    MAX_OBJECT_BYTES,
+    EnvVar,
+    HostPath,
+    LocalPath,
+    ManagedService,
+    check_name,
+)
 from converge.deps import find_cycle
 from converge.fielderrors import explain
 from converge.yamlsafe import MAX_SOURCE_BYTES, YamlError, load_all
@@ -124,38 +134,36 @@ def _abs(base: Path, value: str | None) -> str | None:
         raise _PathError(f"{value[:80]!r}: {exc}") from None
 
 
-def _resolve_env(base: Path, env: list[EnvVar], where: str) -> list[str]:
-    problems = []
-    for i, var in enumerate(env):
-        if var.valueFrom is not None and var.valueFrom.file is not None:
-            try:
-                var.valueFrom.file = _abs(base, var.valueFrom.file)
-            except _PathError as exc:
-                problems.append(f"{where}.env[{i}].valueFrom.file: {exc}")
-    return problems
-
-
-def resolve_paths(obj: ManagedService, base: Path) -> list[str]:
+def resolve_paths(obj: ManagedService, base: Path, resolved: list[tuple[str, bool]] | None = None) -> list[str]:
     """Make the spec's host paths absolute (against the manifest's folder); the problems
-    found, each naming its field."""
+    found, each naming its field. `resolved` gets each value set: (the path, whether it
+    is a bind mount's host path)."""
     b = obj.spec.backend
     problems: list[str] = []
 
-    def fix(field: str, value: str | None) -> str | None:
+    def fix(field: str, value: str | None, host: bool = False) -> str | None:
         try:
-            return _abs(base, value)
+            new = _abs(base, value)
         except _PathError as exc:
             problems.append(f"{field}: {exc}")
             return value
+        if resolved is not None and new is not None:
+            resolved.append((new, host))
+        return new
+
+    def fix_env(env: list[EnvVar], where: str) -> None:
+        for i, var in enumerate(env):
+            if var.valueFrom is not None and var.valueFrom.file is not None:
+                var.valueFrom.file = fix(f"{where}.env[{i}].valueFrom.file", var.valueFrom.file)
 
     if b.daemon is not None:
         # No workingDir: the manifest's folder (stdin: the current one), like docker compose.
         b.daemon.workingDir = fix("spec.backend.daemon.workingDir", b.daemon.workingDir or ".")
-        problems += _resolve_env(base, b.daemon.env, "spec.backend.daemon")
+        fix_env(b.daemon.env, "spec.backend.daemon")
     if b.container is not None:
-        problems += _resolve_env(base, b.container.env, "spec.backend.container")
+        fix_env(b.container.env, "spec.backend.container")
         for i, v in enumerate(b.container.volumes):
-            v.hostPath = fix(f"spec.backend.container.volumes[{i}].hostPath", v.hostPath) or v.hostPath
+            v.hostPath = fix(f"spec.backend.container.volumes[{i}].hostPath", v.hostPath, host=True) or v.hostPath
     if b.terraform is not None:
         b.terraform.directory = fix("spec.backend.terraform.directory", b.terraform.directory) or b.terraform.directory
         b.terraform.variableFiles = [fix(f"spec.backend.terraform.variableFiles[{i}]", f) or f
@@ -171,6 +179,21 @@ def _validate(where: str, data: Any) -> ManagedService:
         lines = explain(exc, ManagedService)
         # The document is named once, on the first problem's line; the others follow indented.
         raise ManifestError(["\n  ".join([f"{where}: {lines[0]}", *lines[1:]])]) from None
+
+
+@functools.cache
+def _path_type(host: bool) -> TypeAdapter[str]:
+    return TypeAdapter(HostPath if host else LocalPath)
+
+
+def _valid_path(value: str, host: bool) -> bool:
+    """Whether a path resolve_paths set is valid as its field's type (HostPath for a bind
+    mount's host path, else LocalPath)."""
+    try:
+        _path_type(host).validate_python(value)
+    except ValidationError:
+        return False
+    return True
 
 
 def encoded(obj: ManagedService) -> bytes:
@@ -201,10 +224,14 @@ def parse(doc: Document, known_backends: Collection[str] | None = None,
     if known_backends is not None and obj.spec.backend.kind not in known_backends:
         raise ManifestError([f"{where}: spec.backend: unknown backend {obj.spec.backend.kind!r} "
                              f"(known: {', '.join(sorted(known_backends))})"])
-    problems = resolve_paths(obj, doc.base_dir)
+    resolved: list[tuple[str, bool]] = []
+    problems = resolve_paths(obj, doc.base_dir, resolved)
     if problems:
         raise ManifestError([f"{where}: {p}" for p in problems])
-    final = _validate(where, obj.dump())  # every check on the object as written
+    # Every check on the object as written: only the paths changed since it was validated,
+    # so each is checked as the field's type; if one fails, the whole object is validated
+    # again, for the error naming its field.
+    final = obj if all(_valid_path(v, host) for v, host in resolved) else _validate(where, obj.dump())
     try:
         size = len(encoded(final))
     except ValueError as exc:
