@@ -15,6 +15,10 @@ Cases (each a fresh process, stdout/stderr to a pipe):
   converge get NAME -o json          --small services stored
   converge get                       --big services stored (table of all)
   converge apply --dry-run -f ONE    one manifest, --big services stored
+  converge apply -f DIR              --small JSON manifests (as bench_supervise writes them)
+                                     into an empty store (made empty again before each run)
+  converge reconcile                 empty store: the start-up of `reconcile` (and of `run`,
+                                     which imports the same) with nothing to do
 `get` on the file store reads the objects converge wrote as JSON, without pydantic (see
 converge.storefiles); `apply` validates the manifest with the API models.
 Reports median / min / p95 wall seconds and the median as a multiple of `python -c pass`
@@ -29,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import resource
 import shutil
@@ -66,8 +71,23 @@ def fill(root: Path, n: int) -> None:
         }))
 
 
-def time_once(argv: list[str], env: dict[str, str], cwd: Path) -> tuple[float, float]:
-    """(wall seconds, CPU seconds user+system) of one run."""
+def write_manifests(folder: Path, n: int) -> None:
+    """n daemon manifests as JSON, one a file, as bench_supervise writes them."""
+    folder.mkdir()
+    for i in range(n):
+        doc = {"apiVersion": "converge.dev/v1alpha1", "kind": "ManagedService",
+               "metadata": {"name": f"svc-{i:04d}", "labels": {"bench": "cli"}},
+               "spec": {"backend": {"daemon": {"command": ["python3", "-S", "tinyhttp.py", str(20000 + i)]}},
+                        "endpoint": {"protocol": "http", "port": 20000 + i, "healthCheck": {"http": {"path": "/"}}},
+                        "restartPolicy": {"backoffSeconds": 1, "resetAfterSeconds": 1}}}
+        (folder / f"svc-{i:04d}.yaml").write_text(json.dumps(doc) + "\n")
+
+
+def time_once(argv: list[str], env: dict[str, str], cwd: Path, fresh: Path | None = None) -> tuple[float, float]:
+    """(wall seconds, CPU seconds user+system) of one run; `fresh`: a store folder removed
+    before it (not timed)."""
+    if fresh is not None:
+        shutil.rmtree(fresh, ignore_errors=True)
     r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     out = subprocess.run(argv, env=env, cwd=cwd, capture_output=True, timeout=300, check=False)
@@ -99,7 +119,9 @@ def main() -> None:
             if not converge.exists():
                 raise BenchError(f"{converge} not found: run .ci/bootstrap and use its python")
             (scratch / "one.yaml").write_text(MANIFEST)
-            stores = {"empty": scratch / "empty", "small": scratch / "small", "big": scratch / "big"}
+            write_manifests(scratch / "manifests", args.small)
+            stores = {"empty": scratch / "empty", "small": scratch / "small", "big": scratch / "big",
+                      "fresh": scratch / "fresh"}
             print(f"filling stores ({args.small} and {args.big} services) ...", file=sys.stderr, flush=True)
             fill(stores["small"], args.small)
             fill(stores["big"], args.big)
@@ -113,7 +135,7 @@ def main() -> None:
                 return [str(converge), "--store", str(stores[store]), *a]
 
             py = str(venv / "python")
-            cases: list[tuple[str, list[str], int]] = [
+            cases: list[tuple[str, list[str], int]] = [  # (name, argv, rounds)
                 ("python -c pass", [py, "-c", "pass"], args.rounds),
                 ('python -c "import click"', [py, "-c", "import click"], args.rounds),
                 ('python -c "import pydantic, click"', [py, "-c", "import pydantic, click"], args.rounds),
@@ -129,16 +151,20 @@ def main() -> None:
                 (f"converge get ({args.big} services)", cv("big", "get"), args.rounds_big),
                 (f"converge apply --dry-run -f one.yaml ({args.big} services)",
                  cv("big", "apply", "--dry-run", "-f", str(scratch / "one.yaml")), args.rounds_big),
+                (f"converge apply -f DIR ({args.small} new services)",
+                 cv("fresh", "apply", "-f", str(scratch / "manifests")), args.rounds),
+                ("converge reconcile (empty store)", cv("empty", "reconcile"), args.rounds),
             ]
-            for _, argv, _ in cases:  # warm the page cache and .pyc files
-                time_once(argv, env, scratch)
+            fresh = {name: stores["fresh"] for name, argv, _ in cases if str(stores["fresh"]) in argv}
+            for name, argv, _ in cases:  # warm the page cache and .pyc files
+                time_once(argv, env, scratch, fresh.get(name))
             samples: dict[str, list[float]] = {name: [] for name, _, _ in cases}
             cpu: dict[str, list[float]] = {name: [] for name, _, _ in cases}
             load_before = os.getloadavg()
             for r in range(max(c[2] for c in cases)):
                 for name, argv, rounds in cases:
                     if r < rounds:
-                        wall, used = time_once(argv, env, scratch)
+                        wall, used = time_once(argv, env, scratch, fresh.get(name))
                         samples[name].append(wall)
                         cpu[name].append(used)
             load_after = os.getloadavg()
