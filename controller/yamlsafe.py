@@ -61,9 +61,16 @@ def _refuse_constant(_name: str) -> Any:
 
 def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     obj = dict(pairs)
-    if len(obj) != len(pairs) or any(len(k) > _MAX_SIMPLE_KEY for k in obj):
+    if len(obj) != len(pairs):
         raise _NotPlainJson  # a duplicate key: the YAML path names it and its lines
     return obj
+
+
+def _object_long_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """_object, for a text long enough to hold a key of more than _MAX_SIMPLE_KEY."""
+    if any(len(k) > _MAX_SIMPLE_KEY for k, _ in pairs):
+        raise _NotPlainJson
+    return _object(pairs)
 
 
 _NOT_JSON = object()
@@ -87,7 +94,8 @@ def _json_document(text: str, limit: int) -> Any:
     if ("\\u" in text and _SURROGATE_ESCAPE.search(text)) or _KEY_ON_NEXT_LINE.search(text):
         return _NOT_JSON
     try:
-        return json.loads(text, object_pairs_hook=_object, parse_constant=_refuse_constant)
+        hook = _object if len(text) <= _MAX_SIMPLE_KEY else _object_long_keys
+        return json.loads(text, object_pairs_hook=hook, parse_constant=_refuse_constant)
     except (_NotPlainJson, ValueError, RecursionError):  # JSONDecodeError is a ValueError
         return _NOT_JSON
 
