@@ -19,6 +19,7 @@ Cases (each a fresh process, stdout/stderr to a pipe):
                                      into an empty store (made empty again before each run)
   converge reconcile                 empty store: the start-up of `reconcile` (and of `run`,
                                      which imports the same) with nothing to do
+  (--baseline VENV_BIN: the last two with another venv's converge too, interleaved)
 `get` on the file store reads the objects converge wrote as JSON, without pydantic (see
 converge.storefiles); `apply` validates the manifest with the API models.
 Reports median / min / p95 wall seconds and the median as a multiple of `python -c pass`
@@ -104,6 +105,9 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--rounds-big", type=int, default=5, help="runs of the --big cases")
     ap.add_argument("--small", type=int, default=200)
     ap.add_argument("--big", type=int, default=10000)
+    ap.add_argument("--baseline", type=Path, default=None, metavar="VENV_BIN",
+                    help="another venv's bin folder (e.g. converge installed from an older commit): its converge "
+                         "runs the `apply -f DIR` and `reconcile` cases too, interleaved with this one's")
     return ap.parse_args()
 
 
@@ -121,7 +125,7 @@ def main() -> None:
             (scratch / "one.yaml").write_text(MANIFEST)
             write_manifests(scratch / "manifests", args.small)
             stores = {"empty": scratch / "empty", "small": scratch / "small", "big": scratch / "big",
-                      "fresh": scratch / "fresh"}
+                      "fresh": scratch / "fresh", "fresh-baseline": scratch / "fresh-baseline"}
             print(f"filling stores ({args.small} and {args.big} services) ...", file=sys.stderr, flush=True)
             fill(stores["small"], args.small)
             fill(stores["big"], args.big)
@@ -155,7 +159,16 @@ def main() -> None:
                  cv("fresh", "apply", "-f", str(scratch / "manifests")), args.rounds),
                 ("converge reconcile (empty store)", cv("empty", "reconcile"), args.rounds),
             ]
-            fresh = {name: stores["fresh"] for name, argv, _ in cases if str(stores["fresh"]) in argv}
+            if args.baseline is not None:
+                base = str(args.baseline.resolve() / "converge")
+                cases += [
+                    (f"baseline: converge apply -f DIR ({args.small} new services)",
+                     [base, "--store", str(stores["fresh-baseline"]), "apply", "-f", str(scratch / "manifests")],
+                     args.rounds),
+                    ("baseline: converge reconcile (empty store)", [base, *cv("empty", "reconcile")[1:]], args.rounds),
+                ]
+            fresh = {name: stores[key] for name, argv, _ in cases for key in ("fresh", "fresh-baseline")
+                     if str(stores[key]) in argv}
             for name, argv, _ in cases:  # warm the page cache and .pyc files
                 time_once(argv, env, scratch, fresh.get(name))
             samples: dict[str, list[float]] = {name: [] for name, _, _ in cases}
