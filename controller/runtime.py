@@ -29,16 +29,24 @@ from converge.workqueue import WorkQueue
 log = logging.getLogger("converge")
 
 RESYNC_SECONDS = 60.0
+RESYNC_SLOT = 1.0  # resync keys due within one slot are passed over by one worker in one wake-up
 STARTUP_LOOK = 1.0  # a start watched by the prober: the reconcile looks again after this at the soonest
 
 
 def resync_delay(key: ServiceKey, period: float, now: float) -> float:
     """Seconds until key's next resync. Each key has its own fixed phase in the period (a
     hash of the key), so N services resync evenly spread over it, N/period per second,
-    instead of in one burst every period; the next slot is at least half a period away."""
+    instead of in one burst every period; the next slot is at least half a period away.
+    (The queue hands them out in slots: see resync_slot.)"""
     phase = (zlib.crc32(str(key).encode()) / 2**32) * period
     delay = (phase - now) % period
     return delay + period if delay < period / 2 else delay
+
+
+def resync_slot(period: float) -> float:
+    """The work queue's slot for resync keys (converge.workqueue: one worker passes over the
+    keys of a slot in one wake-up): RESYNC_SLOT, a twentieth of a shorter period."""
+    return min(RESYNC_SLOT, period / 20)
 
 
 class Runtime:
@@ -172,7 +180,7 @@ class Runtime:
         """Until stop is set. watch=False: keys come from `enqueue` (the operator's kopf
         watch) instead of the store's own watch."""
         store = self.reconciler.store
-        queue: WorkQueue[ServiceKey] = WorkQueue()
+        queue: WorkQueue[ServiceKey] = WorkQueue(slot=resync_slot(self.resync))
         self._queue = queue
         self.reconciler.backends.watch(queue.add)
 
@@ -217,7 +225,10 @@ class Runtime:
                 else:
                     known.add(key)
                     resync = resync_delay(key, self.resync, time.monotonic())
-                    queue.add_after(key, resync if requeue is None else min(requeue, resync))
+                    if requeue is None or requeue >= resync:  # the resync: with the keys of its slot
+                        queue.add_after(key, resync, batch=True)
+                    else:
+                        queue.add_after(key, requeue)
             except BaseException:
                 queue.add_after(key, 5.0)  # never lose the key: look again soon
                 raise
