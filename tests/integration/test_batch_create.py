@@ -181,3 +181,22 @@ def test_create_many_is_all_or_nothing_on_an_existing_name(tmp_path: Path) -> No
     assert got["a"].metadata.uid != got["c"].metadata.uid
     assert store.get(ServiceKey("default", "a")) == got["a"]  # the writer's cache: the same
     assert sorted(p.name for p in (tmp_path / "st" / "default").iterdir()) == ["a.yaml", "b.yaml", "c.yaml"]
+
+
+def test_a_committed_batch_across_namespaces_is_completed_in_each(tmp_path: Path) -> None:
+    """A crash right after the commit, in two namespaces (the state is made as the writer
+    leaves it: temp files staged and a complete record, nothing renamed yet)."""
+    root = tmp_path / "st"
+    FileStore(root).create_many([ManagedService.model_validate({
+        "metadata": {"name": "seed", "namespace": ns}, "spec": {"backend": {"daemon": {"command": ["true"]}}}})
+        for ns in ("one", "two")])
+    entries = []
+    for ns in ("one", "two"):
+        tmp = storebatch.temp_name("x.yaml")
+        (root / ns / tmp).write_bytes((root / ns / "seed.yaml").read_bytes().replace(b'"seed"', b'"x"'))
+        entries.append([ns, tmp])
+    (root / f"{storebatch.RECORD_PREFIX}{'2' * 32}").write_text(json.dumps(entries))
+    _next_writer(root)
+    fresh = FileStore(root)
+    assert {o.metadata.namespace for o in fresh.list().items if o.metadata.name == "x"} == {"one", "two"}
+    assert [p.name for p in root.rglob(".*") if p.name != ".lock"] == []
