@@ -83,6 +83,7 @@ def read_documents(sources: Iterable[str], problems: list[str] | None = None) ->
     collect = problems is not None
     docs: list[Document] = []
     problems = problems if problems is not None else []
+    bases: dict[Path, Path] = {}
     for src in sources:
         entries: list[tuple[str, Path, str]] = []
         if src == "-":
@@ -100,7 +101,10 @@ def read_documents(sources: Iterable[str], problems: list[str] | None = None) ->
                 problems.append(f"{src}: no manifest files (*.yaml, *.yml, *.json)")
             for f in files:
                 try:
-                    entries.append((str(f), f.parent.resolve(), _read_bounded(f)))
+                    base = bases.get(f.parent)
+                    if base is None:  # the files of a folder share it: resolved once
+                        base = bases[f.parent] = f.parent.resolve()
+                    entries.append((str(f), base, _read_bounded(f)))
                 except (OSError, ValueError, RuntimeError) as exc:  # UnicodeDecodeError is a ValueError
                     problems.append(f"{f}: cannot read: {exc}")
         for name, base, text in entries:
