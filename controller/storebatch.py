@@ -11,9 +11,11 @@ power loss) at any moment leaves one of two things:
 - the record is complete: the next writer (FileStore._sweep, holding the store lock,
   before it removes temp files) renames what is left of it into place: all of the batch.
   A file of the same name made since is kept, and the temp file then removed.
-Until that next writer, a reader may see part of a batch whose writer crashed after its
-commit: complete objects of the batch (each file fsynced before its rename), never a
-torn one.
+"The next writer" is the next FileStore instance to write (each looks once, at its first
+write: every CLI command that writes, a restarted `converge run`); a `run` already running
+when a batch's writer crashed does not look again. Until then a reader may see part of a
+batch whose writer crashed after its commit: complete objects of the batch (each file
+fsynced before its rename), never a torn one.
 
 Everything is relative to folder fds opened without following links (the caller's), and
 the record only ever names temp files of this store's own pattern in namespace folders.
