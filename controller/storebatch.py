@@ -7,15 +7,17 @@ folder once and removes the record. One lock hold, one fsync per object plus thr
 where creating them one by one took two fsyncs and a lock hold per object. A crash (or
 power loss) at any moment leaves one of two things:
 - the record is not complete (absent, or torn: it does not parse): no object was renamed
-  yet; the next writer removes the temp files and the torn record: none of the batch;
-- the record is complete: the next writer (FileStore._sweep, holding the store lock,
-  before it removes temp files) renames what is left of it into place: all of the batch.
-  A file of the same name made since is kept, and the temp file then removed.
-"The next writer" is the next FileStore instance to write (each looks once, at its first
-write: every CLI command that writes, a restarted `converge run`); a `run` already running
-when a batch's writer crashed does not look again. Until then a reader may see part of a
-batch whose writer crashed after its commit: complete objects of the batch (each file
-fsynced before its rename), never a torn one.
+  yet; the next writer removes the torn record (and a new FileStore instance, at its
+  first write, the temp files): none of the batch;
+- the record is complete: the next writer (holding the store lock, before anything else)
+  renames what is left of it into place: all of the batch. A file of the same name made
+  since is kept, and the batch's temp file removed.
+"The next writer" is any write to the store, by any process: every write looks at the
+root's names for a record first (about 20 µs when there is none), so a `converge run`
+already running finishes a crashed apply's batch with its next status write, which the
+part it saw renamed makes at once. Until then a reader may see part of a batch whose
+writer crashed after its commit: complete objects of the batch (each file fsynced before
+its rename), never a torn one.
 
 Everything is relative to folder fds opened without following links (the caller's), and
 the record only ever names temp files of this store's own pattern in namespace folders.
@@ -23,6 +25,7 @@ the record only ever names temp files of this store's own pattern in namespace f
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -129,8 +132,12 @@ def complete(root_fd: int) -> list[ServiceKey]:
                     except OSError:
                         continue
                 dfd = folders[ns]
-                if _exists(final, dfd) or not _exists(tmp, dfd):
-                    continue  # made since (kept; the sweep removes the temp file), or renamed before the crash
+                if not _exists(tmp, dfd):
+                    continue  # renamed before the crash
+                if _exists(final, dfd):  # made since: kept, the batch's file is garbage
+                    with contextlib.suppress(OSError):
+                        os.unlink(tmp, dir_fd=dfd)
+                    continue
                 os.rename(tmp, final, src_dir_fd=dfd, dst_dir_fd=dfd)
                 made.append(ServiceKey(ns, final[:-5]))
             for dfd in folders.values():

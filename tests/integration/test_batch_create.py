@@ -11,6 +11,7 @@ import json
 import os
 import select
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -21,17 +22,18 @@ from converge.api import FINALIZER, ManagedService, ServiceKey
 from converge.filestore import FileStore
 from converge.inotify import IN_CREATE, IN_MOVED_TO, Inotify
 from converge.store import AlreadyExists
-from tests.conftest import CLI
+from tests.conftest import CLI, CONVERGE
+from tests.helpers import until
 
 N = 400
 
 
-def _manifests(folder: Path, n: int = N) -> Path:
+def _manifests(folder: Path, n: int = N, admin: str = "active") -> Path:
     folder.mkdir()
     for i in range(n):
         doc = {"apiVersion": "converge.dev/v1alpha1", "kind": "ManagedService",
                "metadata": {"name": f"svc-{i:04d}"},
-               "spec": {"backend": {"daemon": {"command": ["sleep", "1000"]}}}}
+               "spec": {"adminState": admin, "backend": {"daemon": {"command": ["sleep", "1000"]}}}}
         (folder / f"svc-{i:04d}.yaml").write_text(json.dumps(doc) + "\n")
     return folder
 
@@ -40,7 +42,7 @@ def _crash_at(cli: CLI, mdir: Path, where: str) -> None:
     """Run `converge apply -f mdir`; stop it the moment `where` happens ("temp": its first
     temp file is made, "record": its commit record, "object": its first object file is
     renamed into place), then kill it."""
-    (cli.store / "default").mkdir(parents=True, mode=0o700)
+    (cli.store / "default").mkdir(parents=True, mode=0o700, exist_ok=True)
     ino = Inotify()
     try:
         folder = cli.store if where == "record" else cli.store / "default"
@@ -117,6 +119,40 @@ def test_killed_while_renaming_leaves_all_once_the_next_writer_looks(cli: CLI, t
     assert len(_objects(cli.store)) == N + 1 and _leftovers(cli.store) == []
     _all_valid(cli, N + 1)
     assert cli("apply", "-f", str(tmp_path / "m")).stdout.count(" unchanged") == N
+
+
+def test_a_run_already_running_completes_a_batch_crashed_meanwhile(cli: CLI, tmp_path: Path) -> None:
+    """The next writer need not be a new process: a `converge run` that has written before
+    the crash finishes the batch with its next write (the part it sees renamed makes one)
+    and reconciles all of it."""
+    first = tmp_path / "first.yaml"
+    first.write_text(json.dumps({"apiVersion": "converge.dev/v1alpha1", "kind": "ManagedService",
+                                 "metadata": {"name": "first"}, "spec": {"adminState": "suspended",
+                                 "backend": {"daemon": {"command": ["sleep", "1000"]}}}}))
+    cli("apply", "-f", str(first))
+    store = FileStore(cli.store)
+    with (tmp_path / "run.log").open("w") as log:
+        run = subprocess.Popen([CONVERGE, "run", "--resync", "600s"], env=cli.env, cwd=cli.cwd,
+                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        key = ServiceKey("default", "first")
+        until(lambda: store.get(key).status.observedGeneration, timeout=30, what="run's first write")
+        _crash_at(cli, _manifests(tmp_path / "m", admin="suspended"), "object")
+
+        def reconciled() -> int:
+            names = [n[:-5] for n in _objects(cli.store)]
+            return sum(1 for n in names if store.get(ServiceKey("default", n)).status.observedGeneration)
+
+        until(lambda: reconciled() == N + 1, timeout=60, interval=0.2, what="every object of the batch reconciled")
+        assert _leftovers(cli.store) == []
+        assert run.poll() is None, (tmp_path / "run.log").read_text()
+    finally:
+        run.send_signal(signal.SIGINT)
+        try:
+            run.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(run.pid, signal.SIGKILL)
+            run.wait()
 
 
 def test_killed_at_the_commit_leaves_none_or_all(cli: CLI, tmp_path: Path) -> None:
