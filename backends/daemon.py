@@ -364,9 +364,7 @@ class DaemonBackend:
             msg = f"process {rec['pid']} {how}" + (f"\n{log}" if log else "")
             return Observation(Phase.exited, msg, details, rec.get("specHash"), exit_code=code)
         self._arm(proc.pid, target.key)
-        with self._mu:
-            if proc.pid in self._watched:
-                self._ours[proc.pid] = float(rec.get("createTime", -1))
+        self._trust(proc.pid, float(rec.get("createTime", -1)))
         if proc.status() == psutil.STATUS_STOPPED:
             return Observation(Phase.suspended, "process group stopped (SIGSTOP)", details, rec.get("specHash"))
         return Observation(Phase.running, "", details, rec.get("specHash"))
@@ -418,6 +416,8 @@ class DaemonBackend:
         prev = cgroups.recorded(old["cgroup"], target.uid) if old is not None and "cgroup" in old else None
         places = [c for c in dict.fromkeys([prev, cgroups.for_service(target.uid, create=False)]) if c is not None]
         for where in [*places, None] if not usable or (old is not None and "cgroup" not in old) else places:
+            if where is not None and not where.populated():
+                continue  # nothing left in it (one read, not a walk of its folders)
             leftovers = self._family(target.uid, None, where)
             if leftovers:
                 log.warning("%s: stopping %s left by the previous run", target.key, self._describe(leftovers))
@@ -472,7 +472,16 @@ class DaemonBackend:
         (target.runtime_dir / START_INTENT).unlink(missing_ok=True)
         self._watch_log(target)
         self._arm(child.pid, target.key)
+        if create_time:
+            self._trust(child.pid, create_time)  # our own child, not reaped: no pid reuse possible
         return {"pid": child.pid, "log": str(log_path)}
+
+    def _trust(self, pid: int, create_time: float) -> None:
+        """Let observe take the quick look (_known_state) at pid from now on, if its pidfd is
+        armed: the caller checked that pid is the process its record names."""
+        with self._mu:
+            if pid in self._watched:
+                self._ours[pid] = create_time
 
     def suspend(self, target: Target) -> None:
         rec = self._record(target)
