@@ -195,16 +195,18 @@ class Prober:
         while not self._closed:
             now = time.monotonic()
             starting, wait = self._due(now)
-            started = [key for key, probe in starting if self._start(key, probe)]
+            started = [(key, probe) for key, probe in starting if self._start(key, probe)]
             with self._mu:
                 finished, self._finished = self._finished, []
             for key, probe, result in finished:
                 self._end(key, probe, result)
             if started:
                 # Let the endpoints answer, then take the answers in the same wake-up, with
-                # no selector round for a probe that is done by then.
-                time.sleep(COALESCE_SECONDS)
-                for key in started:
+                # no selector round for a probe that is done by then. Start-up watches alone:
+                # to the selector at once (their answer is the Ready being waited for).
+                if not all(probe.startup for _, probe in started):
+                    time.sleep(COALESCE_SECONDS)
+                for key, _ in started:
                     self._step(key)
             if finished or starting:
                 continue  # places freed, probes rescheduled, time passed: more may be due before sleeping

@@ -160,3 +160,25 @@ def test_a_start_up_watch_wakes_its_key_as_soon_as_the_endpoint_answers() -> Non
     finally:
         prober.close()
         srv.close()
+
+
+def test_a_start_up_watchs_answer_is_taken_without_the_pause(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Periodic probes' answers are read after a pause (COALESCE_SECONDS, several answers in one
+    wake-up); a start-up watch's answer is the Ready being waited for: taken when it comes."""
+    import converge.prober
+
+    monkeypatch.setattr(converge.prober, "COALESCE_SECONDS", 2.0)  # a pause nobody could miss
+    srv = Counting()
+    check = HealthCheck.model_validate({"http": {"path": "/"}, "periodSeconds": 10})
+    woke: list[float] = []
+    prober = Prober(lambda key: woke.append(time.monotonic()))
+    try:
+        tracked = time.monotonic()
+        prober.track(ServiceKey("default", "starting"), Probe(check, "http", "127.0.0.1", srv.port, 10, startup=True))
+        deadline = time.monotonic() + 5
+        while not woke and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert woke and woke[0] - tracked < 1.0, "the answer waited for the pause"
+    finally:
+        prober.close()
+        srv.sock.close()
