@@ -11,7 +11,8 @@ within periodSeconds of the last probe does not probe again:
 - a result nobody counted yet (the prober's failed probe that woke the service) is used
   and counted now;
 - an already counted result is reused as *not fresh*: the core keeps its failure count.
-During start-up (not yet healthy) every pass probes, so Ready is noticed at once.
+During start-up (not yet healthy) every pass probes, so Ready is noticed at once, except
+the pass a start-up watch's passed probe woke (Prober): it plans with that very result.
 Results are tied to one run of the service (startedAt) and port; a restart starts over.
 """
 
@@ -33,6 +34,7 @@ class _Seen:
     run: tuple[datetime | None, int]  # (startedAt, port) of the service it probed
     result: ProbeResult
     counted: bool
+    watch: bool = False  # a start-up watch's passed probe (record_passed)
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,13 @@ class ProbeMemo:
         with self._mu:
             self._seen[key] = _Seen(self._clock(), run, result, counted=False)
 
+    def record_passed(self, key: ServiceKey, run: tuple[datetime | None, int], result: ProbeResult) -> None:
+        """A start-up watch's probe (converge.prober): only a passed one wakes the service,
+        and its pass plans with it instead of probing again (see health)."""
+        if result.ok:
+            with self._mu:
+                self._seen[key] = _Seen(self._clock(), run, result, counted=False, watch=True)
+
     def forget(self, key: ServiceKey) -> None:
         with self._mu:
             self._seen.pop(key, None)
@@ -62,7 +71,8 @@ class ProbeMemo:
         now = self._clock()
         with self._mu:
             seen = self._seen.get(key)
-            if was_healthy and seen is not None and seen.run == run and now - seen.at < period:
+            if seen is not None and seen.run == run and now - seen.at < period and (
+                    was_healthy or (seen.watch and not seen.counted)):  # or a start-up watch's pass
                 fresh = not seen.counted
                 seen.counted = True
                 return Health(seen.result, fresh)

@@ -351,13 +351,15 @@ class Reconciler:
         port = p.status.endpoint.port if p.status.endpoint is not None else None
         if ep is None or ep.healthCheck is None or port is None:
             return None
+        key, run = svc.key, (p.status.startedAt, port)
         if p.probe_after is None:
             starting = (p.status.state == State.pending_startup and p.requeue_after is not None
                         and p.status.startedAt is not None and p.status.activeSince is None
                         and svc.spec.adminState == AdminState.active and svc.metadata.deletionTimestamp is None)
+            # Its passed probe is what wakes the reconcile: kept for that pass (not probed again).
             return Probe(ep.healthCheck, ep.protocol, ep.host, port, ep.healthCheck.periodSeconds,
+                         record=lambda result: self.probes.record_passed(key, run, result),
                          startup=True) if starting else None
-        key, run = svc.key, (p.status.startedAt, port)
         return Probe(ep.healthCheck, ep.protocol, ep.host, port, p.probe_after,
                      record=lambda result: self.probes.record(key, run, result))
 

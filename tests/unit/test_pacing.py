@@ -97,3 +97,24 @@ def test_probe_slots_group_due_times_early_never_late_and_keep_a_key_in_its_slot
         for took in (0.0, 0.004, width * 0.9):
             assert abs(slot(d + took + period, period) - (d + period)) < 1e-6
     assert abs(slot(5.37, 0.5) - 5.35) < 1e-9  # short periods: slots of a tenth of the period
+
+
+def test_a_start_up_watchs_pass_is_planned_with_once_and_its_failures_are_not_kept() -> None:
+    clock = Clock()
+    memo = ProbeMemo(clock)
+    memo.record_passed(KEY, RUN, BAD)  # a refusal while it starts: nothing kept
+    assert memo.health(KEY, RUN, 5.0, False, lambda: BAD).result == BAD  # probed
+    memo.record_passed(KEY, RUN, GOOD)  # the answer that woke the pass
+
+    def never() -> ProbeResult:
+        raise AssertionError("probed again although the watch's pass was there")
+
+    h = memo.health(KEY, RUN, 5.0, False, never)
+    assert h.result == GOOD and h.fresh
+    assert memo.health(KEY, RUN, 5.0, False, lambda: BAD).result == BAD  # counted: the next pass probes
+    memo.record_passed(KEY, RUN, GOOD)
+    restarted = (datetime(2026, 1, 2, tzinfo=UTC), 8080)
+    assert memo.health(KEY, restarted, 5.0, False, lambda: BAD).result == BAD  # another run: probe
+    memo.record_passed(KEY, RUN, GOOD)
+    clock.now += 5  # a period old: probe
+    assert memo.health(KEY, RUN, 5.0, False, lambda: BAD).result == BAD
