@@ -208,6 +208,7 @@ class DaemonBackend:
         self._records: dict[Path, tuple[tuple[int, int, int, int], dict[str, Any]]] = {}  # pid file -> (stat, record)
         self._ours: dict[int, float] = {}  # pid -> createTime: checked to be the service's, its pidfd armed
         self._paths: dict[Path, tuple[Path, Path, Path, str]] = {}  # runtime dir -> pid file, intent, log, str(log)
+        self._warmer: cgroups.AttachWarmer | None = None  # with the exit watcher, where cgroups are used
 
     # ------------------------------------------------------------------ identity
 
@@ -677,6 +678,7 @@ class DaemonBackend:
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)  # written under the lock: never blocks on a full pipe
         self._selector.register(self._wake_r, selectors.EVENT_READ, None)
+        self._warmer = cgroups.AttachWarmer() if cgroups.base() is not None else None
         self._thread = threading.Thread(target=self._loop, name="daemon-exits", daemon=True)
         self._thread.start()
         threading.Thread(target=cgroups.sweep, name="cgroup-sweep", daemon=True).start()  # once per controller
@@ -771,6 +773,8 @@ class DaemonBackend:
                         os.read(self._wake_r, 4096)
                     continue
                 pid = int(sk.data)
+                if self._warmer is not None:
+                    self._warmer.poke()  # its restart's cgroup join waits less (AttachWarmer)
                 with self._mu:
                     entry = self._watched.pop(pid, None)
                     self._ours.pop(pid, None)
@@ -792,6 +796,9 @@ class DaemonBackend:
         if self._thread is not None:
             self._wake()
             self._thread.join(timeout=2)
+        if self._warmer is not None:
+            self._warmer.stop()
+            self._warmer = None
         with self._mu:
             for pidfd, _ in self._watched.values():
                 with contextlib.suppress(OSError):

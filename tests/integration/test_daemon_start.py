@@ -1,17 +1,22 @@
-"""What a daemon start leaves the next look (real FileStore, daemon backend, processes):
-the started child is trusted by the exit watcher's quick look at once."""
+"""What a daemon start leaves the next look (real FileStore, daemon backend, processes and
+cgroups): the started child is trusted by the exit watcher's quick look at once, and an
+exit seen warms the kernel's cgroup lock for the restart's join without moving anything."""
 
 from __future__ import annotations
 
 import os
 import signal
+import threading
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from converge.api import ManagedService, ServiceKey, State
+from converge.backends import cgroups
 from converge.backends.daemon import DaemonBackend
 from converge.client import Client
+from converge.runtime import Runtime
 from tests.helpers import gone, until
 
 KEY = ServiceKey("default", "s")
@@ -56,3 +61,53 @@ def test_a_started_child_gets_the_quick_look_and_its_death_is_still_seen(
         assert again != pid and client.store.get(KEY).status.restarts == 1  # the death was seen
     finally:
         backend.close()
+
+
+@pytest.mark.skipif(cgroups.base() is None, reason="cgroup v2 cannot be written on this host")
+def test_the_warm_up_moves_nothing() -> None:
+    before = Path("/proc/self/cgroup").read_text()
+    w = cgroups.AttachWarmer()
+    assert w.active
+    try:
+        w.poke()
+        until(lambda: w.moves == 1, what="one warm-up")
+        w.poke()
+        until(lambda: w.moves == 2, what="another")
+    finally:
+        w.stop()
+    assert Path("/proc/self/cgroup").read_text() == before
+
+
+@pytest.mark.parametrize("kind", ["threaded", "domain threaded", None])
+def test_the_warm_up_stays_off_where_it_could_move_threads_or_cannot_write(tmp_path: Path, kind: str | None) -> None:
+    if kind is not None:
+        (tmp_path / "cgroup.type").write_text(kind + "\n")
+    w = cgroups.AttachWarmer(own=tmp_path)  # not a cgroup at all: its write fails
+    w.poke()
+    until(lambda: not w.active or w.moves, what="off", timeout=5)
+    w.poke()
+    w.stop()
+    assert not w.active and w.moves == 0 and not (tmp_path / "cgroup.procs").exists()
+
+
+@pytest.mark.skipif(cgroups.base() is None, reason="cgroup v2 cannot be written on this host")
+def test_a_kill_under_the_runtime_warms_up_and_restarts(client: Client) -> None:
+    client.store.create(_svc())
+    backend = client.reconciler.backends.get("daemon")
+    assert isinstance(backend, DaemonBackend)
+    stop = threading.Event()
+    t = threading.Thread(target=Runtime(client.reconciler, workers=2).run, args=(stop,))
+    t.start()
+    try:
+        until(lambda: client.store.get(KEY).status.state == State.active, what="active")
+        warmer = backend._warmer
+        assert warmer is not None and warmer.moves == 0
+        pid = int(client.store.get(KEY).status.backend["pid"])
+        os.kill(pid, signal.SIGKILL)
+        until(lambda: client.store.get(KEY).status.backend.get("pid") not in (None, pid)
+              and client.store.get(KEY).status.state == State.active, what="restarted")
+        assert warmer.moves >= 1
+    finally:
+        stop.set()
+        t.join(timeout=30)
+    assert backend._warmer is None  # closed with the runtime
