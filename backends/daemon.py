@@ -269,18 +269,26 @@ class DaemonBackend:
 
     def _known_state(self, rec: Mapping[str, Any]) -> str | None:
         """The state letter (/proc/PID/stat: R, S, D, T ...) of the process rec names, if it
-        is one observe already found to be the service's (same pid and start time) and its
-        pidfd, armed since, says it has not exited: a pidfd refers to that one process, so
-        no pid reuse can fool it. None: look the slow way (psutil, start time, argv)."""
+        is one observe already found to be the service's (same pid and start time) and
+        either its pidfd, armed since, says it has not exited (a pidfd refers to that one
+        process) or it is this controller's own child not reaped yet (its pid stays its own
+        until we reap it: a one-off `converge reconcile` has no pidfds): no pid reuse can
+        fool it. None: look the slow way (psutil, start time, argv)."""
         pid = int(rec["pid"])
         with self._mu:
-            if self._ours.get(pid) != rec.get("createTime", -1) or pid not in self._watched:
+            if self._ours.get(pid) != rec.get("createTime", -1):
                 return None
-            pidfd = self._watched[pid][0]
+            watched = self._watched.get(pid)
+            if watched is None and pid not in self._children:
+                return None
             try:
-                exited = bool(select.select([pidfd], [], [], 0)[0])  # readable once it exits
+                exited = watched is not None and bool(select.select([watched[0]], [], [], 0)[0])  # readable: exited
             except (OSError, ValueError):
                 exited = True
+        if watched is None:
+            self._reap(pid)  # exited: reaped now, no longer a child
+            with self._mu:
+                exited = pid not in self._children
         if exited:
             return None
         try:
@@ -305,6 +313,7 @@ class DaemonBackend:
         if child is not None and child.poll() is not None:
             with self._mu:
                 self._children.pop(pid, None)
+                self._ours.pop(pid, None)
                 self._exit_codes[pid] = child.returncode
 
     # ------------------------------------------------------------------ interface
@@ -479,9 +488,10 @@ class DaemonBackend:
 
     def _trust(self, pid: int, create_time: float) -> None:
         """Let observe take the quick look (_known_state) at pid from now on, if its pidfd is
-        armed: the caller checked that pid is the process its record names."""
+        armed or it is our unreaped child: the caller checked that pid is the process its
+        record names."""
         with self._mu:
-            if pid in self._watched:
+            if pid in self._watched or pid in self._children:
                 self._ours[pid] = create_time
 
     def suspend(self, target: Target) -> None:
