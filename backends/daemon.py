@@ -53,7 +53,7 @@ MARKER = "CONVERGE_SERVICE_UID"  # in every process's environment: finds what le
 STOPPING_FILE = "daemon.stopping"  # since when a deprovision has been waiting for the process to end
 STOP_STEP = 2.0  # the longest one deprovision call waits: timeouts of delete/down are honoured
 PID_FILE = "daemon.json"
-START_INTENT = "daemon.starting"  # exists only while a start is under way
+START_INTENT = "daemon.starting"  # exists only while a start without a cgroup is under way
 LOG_FILE = "daemon.log"
 LOG_CHECK_SECONDS = 1.0  # a growing log is checked this often
 LOG_CHECK_MAX = 4.0  # a quiet one this often: a burst after a silence overshoots by this much output at most
@@ -355,6 +355,13 @@ class DaemonBackend:
         self._watch_log(target)
         rec = self._record(target)
         if rec is None:
+            # A start interrupted between fork and pid file (a controller killed) leaves its
+            # process in the service's cgroup: not absent, so a restart or a deprovision stops
+            # it (both stop what is in the cgroup) and nothing is orphaned or started twice.
+            cg = cgroups.for_service(target.uid, create=False)
+            if cg is not None and cg.populated():
+                return Observation(Phase.exited, f"processes left in cgroup {cg} (an interrupted start?)",
+                                   {"log": log_file})
             return Observation(Phase.absent)
         details = {"pid": rec["pid"], "log": log_file}
         state = self._known_state(rec)
@@ -435,16 +442,19 @@ class DaemonBackend:
         log_path = target.runtime_dir / LOG_FILE
         _sweep_temp_files(target.runtime_dir)
         rotate_log(log_path, spec.logMaxBytes, spec.logMaxFiles)
+        cg = cgroups.for_service(target.uid) if usable else None
         intent = target.runtime_dir / START_INTENT
         intent.unlink(missing_ok=True)
-        _create_private(intent).close()
+        if cg is None:  # else the cgroup is what an interrupted start leaves behind (see observe)
+            _create_private(intent).close()
         try:
             fd = os.open(log_path, os.O_CREAT | os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         except OSError as exc:
             intent.unlink(missing_ok=True)
+            if cg is not None:
+                cg.remove()
             raise TemporaryError(f"{log_path}: {exc.strerror} (a link is never followed)",
                                  reason="StartFailed") from None
-        cg = cgroups.for_service(target.uid) if usable else None
         launch = cg.launcher(argv) if cg is not None else None
         try:
             if launch is not None:  # the shell's exec would only say "not found" in the log

@@ -246,3 +246,34 @@ def test_a_benchmark_run_ends_what_its_controllers_daemons_left(tmp_path: Path) 
     own = cgroups.own_folder()
     tag = run.stdout.split()[0]
     assert tag.startswith("cvbench-") and own is not None and not (own / tag).exists()
+
+
+@pytest.mark.parametrize("then", ["reconcile", "delete"])
+def test_a_start_interrupted_before_its_pid_file_leaves_no_duplicate_and_no_orphan(
+        cli: CLI, tmp_path: Path, then: str) -> None:
+    """A controller killed between fork and pid file, where cgroups are used (no start intent
+    file then): the stray is in the service's cgroup; the next reconcile stops it and starts
+    exactly one, a delete stops it and removes the cgroup."""
+    import subprocess
+
+    write(tmp_path / "s.yaml", daemon("cut", ["sleep", "600"], check=None))
+    cli("apply", "-f", str(tmp_path / "s.yaml"))
+    uid = cli.obj("cut")["metadata"]["uid"]
+    cg = cgroups.for_service(uid)  # what the interrupted start had made
+    assert cg is not None
+    launch = cg.launcher(["sleep", "600"])
+    assert launch is not None
+    stray = subprocess.Popen(launch, start_new_session=True)
+    try:
+        until(lambda: stray.pid in cg.pids() and psutil.Process(stray.pid).name() == "sleep", what="the stray joined")
+        if then == "reconcile":
+            cli("reconcile", "--timeout", "30s")
+            until(lambda: stray.poll() is not None, what="the stray stopped", timeout=15)
+            assert cg.pids() == [cli.pid("cut")] and cli.obj("cut")["status"]["state"] == "active"
+        else:
+            cli("delete", "cut", "--timeout", "30s")
+            until(lambda: stray.poll() is not None, what="the stray stopped", timeout=15)
+            assert not cg.path.exists() and cli("get", "-o", "name").stdout.strip() == ""
+    finally:
+        stray.kill()
+        stray.wait()
