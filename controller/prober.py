@@ -280,9 +280,7 @@ class Prober:
             self._registered.discard(key)
             self._selector.unregister(pending.sock)
         pending.close()
-        with self._mu:
-            probe = self._inflight[key][0]
-        self._end(key, probe, result)
+        self._end(key, self._inflight[key][0], result)  # (_inflight changes on this thread only)
 
     def _end(self, key: ServiceKey, probe: Probe, result: ProbeResult) -> None:
         """A probe ended: record it, then probe again after the period or report the failure."""
@@ -290,7 +288,7 @@ class Prober:
         with self._mu:
             turn = self._inflight.pop(key, (probe, -1.0))[1]
             cur = self._tracked.get(key)
-            if cur is None or cur[0] != probe:
+            if cur is None or (cur[0] is not probe and cur[0] != probe):
                 return  # untracked, or tracked with another check while probing
             if probe.startup:
                 if not result.ok:  # not up yet: look again soon, more rarely the longer it takes

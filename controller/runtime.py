@@ -29,7 +29,7 @@ from converge.workqueue import WorkQueue
 log = logging.getLogger("converge")
 
 RESYNC_SECONDS = 60.0
-RESYNC_SLOT = 1.0  # resync keys due within one slot are passed over by one worker in one wake-up
+RESYNC_SLOT = 2.0  # resync keys due within one slot are passed over by one worker in one wake-up
 STARTUP_LOOK = 1.0  # a start watched by the prober: the reconcile looks again after this at the soonest
 
 
@@ -45,8 +45,11 @@ def resync_delay(key: ServiceKey, period: float, now: float) -> float:
 
 def resync_slot(period: float) -> float:
     """The work queue's slot for resync keys (converge.workqueue: one worker passes over the
-    keys of a slot in one wake-up): RESYNC_SLOT, a twentieth of a shorter period."""
-    return min(RESYNC_SLOT, period / 20)
+    keys of a slot in one wake-up): RESYNC_SLOT, a thirtieth of a shorter period. Its slots
+    start a quarter of a slot past the prober's (whole seconds for periods of 10 s and
+    more), so the resync's worker and the prober do not wake at the same moment and
+    contend for the GIL."""
+    return min(RESYNC_SLOT, period / 30)
 
 
 class Runtime:
@@ -180,7 +183,8 @@ class Runtime:
         """Until stop is set. watch=False: keys come from `enqueue` (the operator's kopf
         watch) instead of the store's own watch."""
         store = self.reconciler.store
-        queue: WorkQueue[ServiceKey] = WorkQueue(slot=resync_slot(self.resync))
+        slot = resync_slot(self.resync)
+        queue: WorkQueue[ServiceKey] = WorkQueue(slot=slot, offset=slot / 4)
         self._queue = queue
         self.reconciler.backends.watch(queue.add)
 

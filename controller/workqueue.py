@@ -31,8 +31,8 @@ SLOT = 1.0  # seconds: batched keys due in one slot are handed out together
 class Schedule(Generic[K]):
     """Due times, the keys handed out, and which due key goes to whom (see the module)."""
 
-    def __init__(self, slot: float = SLOT) -> None:
-        self.slot = slot
+    def __init__(self, slot: float = SLOT, offset: float = 0.0) -> None:
+        self.slot, self.offset = slot, offset  # slots start at offset + k * slot
         self._due: dict[K, tuple[float, bool]] = {}  # key -> (time it becomes due, batched)
         self._heaps: tuple[list[tuple[float, int, K]], list[tuple[float, int, K]]] = ([], [])  # alone, batched
         self._seq = 0
@@ -42,7 +42,9 @@ class Schedule(Generic[K]):
 
     def slot_of(self, when: float) -> float:
         """The start of the slot `when` falls in."""
-        return math.floor(when / self.slot) * self.slot if self.slot > 0 else when
+        if self.slot <= 0:
+            return when
+        return math.floor((when - self.offset) / self.slot) * self.slot + self.offset
 
     def add(self, key: K, when: float, batch: bool = False) -> bool:
         """Due at `when` (a batched key: at the start of its slot); the earlier of two due
@@ -140,9 +142,9 @@ class Schedule(Generic[K]):
 
 
 class WorkQueue(Generic[K]):
-    def __init__(self, slot: float = SLOT) -> None:
+    def __init__(self, slot: float = SLOT, offset: float = 0.0) -> None:
         self._cv = threading.Condition()
-        self._s: Schedule[K] = Schedule(slot)
+        self._s: Schedule[K] = Schedule(slot, offset)
         self._closed = False
         self._timers: list[float] = []  # times that callers of get() sleep until
 

@@ -24,7 +24,7 @@ class ScheduleMachine(RuleBasedStateMachine):
 
     def __init__(self) -> None:
         super().__init__()
-        self.s: Schedule[str] = Schedule(SLOT)
+        self.s: Schedule[str] = Schedule(SLOT, offset=0.25)
         self.now = 100.0
         self.due: dict[str, tuple[float, bool]] = {}  # the model: queued keys
         self.again: dict[str, tuple[float, bool]] = {}  # added while processing
