@@ -33,8 +33,10 @@ class Schedule(Generic[K]):
 
     def __init__(self, slot: float = SLOT, offset: float = 0.0) -> None:
         self.slot, self.offset = slot, offset  # slots start at offset + k * slot
-        self._due: dict[K, tuple[float, bool]] = {}  # key -> (time it becomes due, batched)
-        self._heaps: tuple[list[tuple[float, int, K]], list[tuple[float, int, K]]] = ([], [])  # alone, batched
+        # key -> its heap entry (due time, seq, key, batched); an entry no longer here is stale
+        self._due: dict[K, tuple[float, int, K, bool]] = {}
+        self._alone: list[tuple[float, int, K, bool]] = []  # heaps: keys not batched, batched
+        self._batched: list[tuple[float, int, K, bool]] = []
         self._seq = 0
         self.processing: set[K] = set()
         self._batched_out: dict[K, float] = {}  # batched keys being processed (-> their slot): their workers come back
@@ -52,27 +54,28 @@ class Schedule(Generic[K]):
         if batch:
             when = self.slot_of(when)
         if key in self.processing:
-            prev = self._dirty.get(key)
-            if prev is None or when < prev[0] or (prev[1] and not batch):
-                self._dirty[key] = (when, batch) if prev is None else (min(when, prev[0]), batch and prev[1])
+            again = self._dirty.get(key)
+            if again is None or when < again[0] or (again[1] and not batch):
+                self._dirty[key] = (when, batch) if again is None else (min(when, again[0]), batch and again[1])
             return False
         prev = self._due.get(key)
         if prev is not None:
-            if prev[0] <= when and (batch or not prev[1]):
+            if prev[0] <= when and (batch or not prev[3]):
                 return False
-            when, batch = min(when, prev[0]), batch and prev[1]
-        self._due[key] = (when, batch)
+            when, batch = min(when, prev[0]), batch and prev[3]
         self._seq += 1
-        heapq.heappush(self._heaps[batch], (when, self._seq, key))
+        entry = (when, self._seq, key, batch)
+        self._due[key] = entry
+        heapq.heappush(self._batched if batch else self._alone, entry)
         return True
 
-    def _top(self, batch: bool) -> tuple[float, K] | None:
-        """The earliest entry of one heap, superseded entries dropped off its top."""
-        heap = self._heaps[batch]
+    def _top(self, heap: list[tuple[float, int, K, bool]]) -> tuple[float, int, K, bool] | None:
+        """The earliest entry of one heap, stale entries dropped off its top."""
+        due = self._due
         while heap:
-            when, _, key = heap[0]
-            if self._due.get(key) == (when, batch):
-                return when, key
+            entry = heap[0]
+            if due.get(entry[2]) is entry:
+                return entry
             heapq.heappop(heap)
         return None
 
@@ -84,18 +87,22 @@ class Schedule(Generic[K]):
     def take(self, now: float, owner: bool = False) -> K | None:
         """The key to hand out now to a caller (owner: one that has just finished a batched
         key), or None. Keys not batched first."""
-        for batch in (False, True):
-            top = self._top(batch)
-            if top is None or top[0] > now or (batch and self._reserved(top[0], now, owner)):
-                continue
-            heapq.heappop(self._heaps[batch])
-            key = top[1]
-            del self._due[key]
-            self.processing.add(key)
-            if batch:
-                self._batched_out[key] = top[0]
-            return key
-        return None
+        top = self._top(self._alone)
+        if top is not None and top[0] <= now:
+            heapq.heappop(self._alone)
+        else:
+            top = self._top(self._batched)
+            if top is None or top[0] > now or self._reserved(top[0], now, owner):
+                return None
+            heapq.heappop(self._batched)
+            self._batched_out[top[2]] = top[0]
+        key = top[2]
+        del self._due[key]
+        self.processing.add(key)
+        return key
+
+    def queued(self) -> bool:
+        return bool(self._due)
 
     def batched_out(self, key: K) -> bool:
         """key was handed out as a batched key and is being processed."""
@@ -114,10 +121,10 @@ class Schedule(Generic[K]):
     def wake_at(self, now: float, owner: bool = False) -> float | None:
         """When a caller that took nothing should look again (None: only when woken)."""
         times = []
-        top = self._top(False)
+        top = self._top(self._alone)
         if top is not None:
             times.append(top[0])
-        top = self._top(True)
+        top = self._top(self._batched)
         if top is not None:
             times.append(top[0] + self.slot if self._reserved(top[0], now, owner) else top[0])
         return min(times) if times else None
@@ -125,17 +132,19 @@ class Schedule(Generic[K]):
     def ready(self, now: float) -> int:
         """Keys due now that a worker not coming back for a batch could take."""
         n = 0
-        for batch in (False, True):
-            top = self._top(batch)
-            if top is None or top[0] > now:
-                continue  # the earliest is not due (at idle: always): no walk over every key
-            n += sum(1 for when, b in self._due.values()
-                     if b == batch and when <= now and not (batch and self._reserved(when, now, False)))
+        top = self._top(self._alone)
+        if top is not None and top[0] <= now:  # (at idle the earliest is not due: no walk over every key)
+            n += sum(1 for when, _, _, b in self._due.values() if when <= now and not b)
+        top = self._top(self._batched)
+        if top is not None and top[0] <= now:
+            held = max(self._batched_out.values(), default=None)  # the latest slot being worked on
+            n += sum(1 for when, _, _, b in self._due.values()
+                     if b and when <= now and (held is None or when > held or now >= when + self.slot))
         return n
 
     def depth(self, now: float) -> int:
         """Keys due now and not yet handed out (client-go's depth: delayed keys are not in it)."""
-        return sum(1 for when, _ in self._due.values() if when <= now)
+        return sum(1 for entry in self._due.values() if entry[0] <= now)
 
     def pending(self) -> int:
         return len(self._due) + len(self.processing)
@@ -184,7 +193,7 @@ class WorkQueue(Generic[K]):
                 now = time.monotonic()
                 key = self._s.take(now, owner)
                 if key is not None:
-                    if not self._timers and self._s.wake_at(now) is not None:
+                    if not self._timers and self._s.queued():
                         self._cv.notify()  # someone must sleep until the next one is due
                     return key
                 target = self._s.wake_at(now, owner)
