@@ -214,17 +214,24 @@ class AttachWarmer:
     moves this very process into the cgroup it is already in, which changes nothing (no
     process changes cgroups, no controller is asked). The joiner then waits only for what
     is left of the grace period. Off for good after a failed write (no permission, a
-    threaded cgroup), and where this process's cgroup is not a plain domain."""
+    threaded cgroup), and where this process's cgroup is not a plain domain. The cgroup is
+    looked up again before each move (something else, e.g. systemd or a benchmark, may have
+    moved this process since: a move into the one it was in before would undo that)."""
 
     def __init__(self, own: Path | None = None) -> None:
-        folder = own if own is not None else own_folder()
-        kind = _read_text(folder / "cgroup.type") if folder is not None else None
-        # The root cgroup has no cgroup.type; a threaded one would move every thread.
-        self._procs = folder / "cgroup.procs" if folder is not None and kind in (None, "domain") else None
+        self._own = own  # fixed (tests); None: this process's cgroup, read before each move
+        self._procs = self._find()
         self._due = threading.Event()
         self._stopping = False
         self._thread: threading.Thread | None = None
         self.moves = 0  # done so far (tests)
+
+    def _find(self) -> Path | None:
+        """cgroup.procs of this process's cgroup now, None where a move could change anything."""
+        folder = self._own if self._own is not None else own_folder()
+        kind = _read_text(folder / "cgroup.type") if folder is not None else None
+        # The root cgroup has no cgroup.type; a threaded one would move every thread.
+        return folder / "cgroup.procs" if folder is not None and kind in (None, "domain") else None
 
     @property
     def active(self) -> bool:
@@ -251,14 +258,17 @@ class AttachWarmer:
             self._due.clear()
             if self._stopping or self._procs is None:
                 return
+            procs = self._find()
+            if procs is None:
+                continue  # (moved into a cgroup where a move is not a no-op: not this time)
             try:
-                fd = os.open(self._procs, os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+                fd = os.open(procs, os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
                 try:
                     os.write(fd, b"0")  # "0": the writing process, into the cgroup it is in
                 finally:
                     os.close(fd)
             except OSError as exc:
-                log.debug("cgroup lock warm-up off (%s: %s)", self._procs, exc.strerror)
+                log.debug("cgroup lock warm-up off (%s: %s)", procs, exc.strerror)
                 self._procs = None
                 return
             self.moves += 1

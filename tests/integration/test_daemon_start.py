@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -80,6 +82,37 @@ def test_the_warm_up_moves_nothing() -> None:
     finally:
         w.stop()
     assert Path("/proc/self/cgroup").read_text() == before
+
+
+_MOVED_THEN_POKED = """
+import sys, time
+from pathlib import Path
+from converge.backends import cgroups
+w = cgroups.AttachWarmer()  # made in the cgroup this process starts in
+Path(sys.argv[1], "cgroup.procs").write_text("0")  # then moved elsewhere (as systemd or a benchmark may)
+w.poke()
+end = time.monotonic() + 20
+while w.moves == 0 and time.monotonic() < end:
+    time.sleep(0.01)
+w.stop()
+print(w.moves, [ln for ln in Path("/proc/self/cgroup").read_text().splitlines() if ln.startswith("0::")][0])
+"""
+
+
+@pytest.mark.skipif(cgroups.base() is None, reason="cgroup v2 cannot be written on this host")
+def test_the_warm_up_never_moves_a_process_back_where_it_was(tmp_path: Path) -> None:
+    base = cgroups.base()
+    assert base is not None
+    moved = base / f"test-warm-{os.getpid()}"
+    moved.mkdir()
+    try:
+        out = subprocess.run([sys.executable, "-c", _MOVED_THEN_POKED, str(moved)], capture_output=True,
+                             text=True, timeout=60, check=True).stdout.split()
+        assert out[0] == "1", out
+        assert out[1].endswith("/" + moved.name), out  # still where it was moved, not moved back
+    finally:
+        until(lambda: not (moved / "cgroup.procs").read_text().strip(), what="the child gone")
+        moved.rmdir()
 
 
 @pytest.mark.parametrize("kind", ["threaded", "domain threaded", None])
