@@ -44,6 +44,20 @@ def stop_group(p: subprocess.Popen[bytes], grace: float = 10.0) -> None:
         p.wait(grace)
 
 
+def stop_controller(p: subprocess.Popen[str], grace: float = 10.0) -> None:
+    """Stop a `converge run` as Ctrl-C does (SIGINT), its process group SIGKILLed after the grace period."""
+    import os
+    import signal
+
+    if p.poll() is None:
+        p.send_signal(signal.SIGINT)
+        try:
+            p.wait(grace)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -23,7 +23,7 @@ from converge.filestore import FileStore
 from converge.inotify import IN_CREATE, IN_MOVED_TO, Inotify
 from converge.store import AlreadyExists
 from tests.conftest import CLI, CONVERGE
-from tests.helpers import until
+from tests.helpers import stop_controller, until
 
 N = 400
 
@@ -147,12 +147,7 @@ def test_a_run_already_running_completes_a_batch_crashed_meanwhile(cli: CLI, tmp
         assert _leftovers(cli.store) == []
         assert run.poll() is None, (tmp_path / "run.log").read_text()
     finally:
-        run.send_signal(signal.SIGINT)
-        try:
-            run.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(run.pid, signal.SIGKILL)
-            run.wait()
+        stop_controller(run, grace=20)
 
 
 def test_killed_at_the_commit_leaves_none_or_all(cli: CLI, tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ import pytest
 from converge.api import ManagedServiceStatus, ServiceKey
 from converge.filestore import FileStore
 from tests.conftest import CLI
-from tests.helpers import PY, daemon, gone, http_service, until, write
+from tests.helpers import PY, daemon, gone, http_service, stop_controller, until, write
 
 
 def state(cli: CLI, name: str) -> str:
@@ -34,13 +34,7 @@ def controller(cli: CLI) -> Iterator[list[subprocess.Popen[str]]]:
     procs: list[subprocess.Popen[str]] = []
     yield procs
     for p in procs:
-        if p.poll() is None:
-            p.send_signal(signal.SIGINT)
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait()
+        stop_controller(p)
         if p.stdout:
             p.stdout.close()
 
