@@ -547,7 +547,8 @@ class FileStore:
         per write. Two ways to notice, the same keys either way:
         - inotify (Linux; `events`): the kernel tells of each rename, delete or write in
           the namespace folders and of namespace folders made or removed; an idle store
-          costs nothing (one look at `stop` every STOP_CHECK seconds);
+          costs nothing (a converge.stopsignal.StopSignal is waited on with the events; any
+          other `stop` is looked at every STOP_CHECK seconds);
         - polling every `interval` seconds, where inotify cannot be had (or the store's
           folder is not there yet or goes away): see _poll."""
         if events:
@@ -588,9 +589,11 @@ class FileStore:
         for ns in self.namespaces():
             follow(ns)
             files[ns] = self._scan(ns)
+        stop_fd = getattr(stop, "fileno", lambda: -1)()  # a StopSignal: its stop wakes the same wait
+        fds, pause = ([ino.fd, stop_fd], None) if stop_fd >= 0 else ([ino.fd], STOP_CHECK)
         try:
             while not is_set():
-                if not select.select([ino.fd], [], [], STOP_CHECK)[0]:
+                if ino.fd not in select.select(fds, [], [], pause)[0]:
                     continue
                 changed: dict[tuple[str, str], None] = {}  # (namespace, file name), in order
                 for ev in ino.read():

@@ -22,6 +22,7 @@ from converge.concurrency import Gate, Limit
 from converge.outcome import Outcome
 from converge.prober import Prober
 from converge.reconciler import Reconciler
+from converge.stopsignal import StopSignal
 from converge.store import StoreError
 from converge.supervise import supervised
 from converge.workqueue import WorkQueue
@@ -201,10 +202,12 @@ class Runtime:
                 if err.key is None:
                     log.error("%s", err)
 
+        watch_stop = StopSignal()  # set with `stop`; the store's watch sleeps on it with its events
+
         def watch_store() -> None:
             if not watch:
                 return
-            for key in store.watch(stop):
+            for key in store.watch(watch_stop):
                 queue.add(key)
 
         def resync() -> None:
@@ -244,9 +247,14 @@ class Runtime:
         workers, gate = self._start_workers(queue, handle, self.workers, stop.is_set)
         log.info("controller running with up to %d workers; Ctrl-C to stop", self.workers)
         stop.wait()
+        watch_stop.set()
         queue.close()
         gate.close()
         prober.close()
         for t in workers:
             t.join(timeout=30)
         self.reconciler.backends.close()
+        for t in helpers:
+            t.join(timeout=5)
+        if not any(t.is_alive() for t in helpers):
+            watch_stop.close()  # else left to the process's end: never close a descriptor still waited on

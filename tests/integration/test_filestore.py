@@ -6,6 +6,7 @@ import contextlib
 import json
 import multiprocessing
 import os
+import select
 import signal
 import threading
 import time
@@ -15,11 +16,14 @@ from pathlib import Path
 import pytest
 import yaml
 
+from converge import filestore
 from converge.api import ManagedService, ServiceKey
 from converge.filestore import FileStore, UnsafeStore
 from converge.host import Host
 from converge.selector import parse_selector
+from converge.stopsignal import StopSignal
 from converge.store import AlreadyExists, Conflict, Invalid, NotFound
+from tests.helpers import until
 
 KEY_GOOD = ServiceKey("default", "good")
 
@@ -325,6 +329,46 @@ def test_watch_by_inotify_reports_at_once_new_namespaces_and_edits_in_place(tmp_
         assert wait_for(0) == []
         other.delete(ServiceKey("team", "d"))
         assert wait_for(1) == [ServiceKey("team", "d")]
+
+
+def test_a_stop_signal_is_readable_exactly_while_set() -> None:
+    sig = StopSignal()
+    try:
+        assert select.select([sig], [], [], 0)[0] == []
+        sig.set()
+        sig.set()
+        assert sig.is_set() and select.select([sig], [], [], 0)[0] == [sig]
+        sig.clear()
+        assert not sig.is_set() and select.select([sig], [], [], 0)[0] == []
+        sig.set()
+        assert select.select([sig], [], [], 0)[0] == [sig]
+    finally:
+        sig.close()
+    assert sig.fileno() == -1
+    sig.set()  # closed: only the flag
+    assert sig.is_set()
+
+
+def test_watch_by_inotify_sleeps_on_a_stop_signal_with_its_events(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A StopSignal (`converge run`'s) ends the watch at once, however rarely the watch
+    would look at a plain flag: an idle watch has nothing to wake up for."""
+    monkeypatch.setattr(filestore, "STOP_CHECK", 3600.0)
+    mine, other = FileStore(tmp_path / "st"), FileStore(tmp_path / "st")
+    other.create(make("a"))  # the store's folder is there: inotify, not polling
+    stop = StopSignal()
+    seen: list[ServiceKey] = []
+    t = threading.Thread(target=lambda: seen.extend(mine.watch(stop, interval=60)), daemon=True)
+    t.start()
+    try:
+        time.sleep(0.3)  # the watch is set up
+        other.create(make("b"))
+        until(lambda: seen == [ServiceKey("default", "b")], what="the change reported")
+    finally:
+        stop.set()
+        t.join(10)
+    assert not t.is_alive()
+    stop.close()
 
 
 def test_watch_by_inotify_reports_a_namespace_folder_moved_in_whole(tmp_path: Path) -> None:
