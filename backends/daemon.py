@@ -41,6 +41,7 @@ from typing import Any
 
 import psutil
 
+from converge import inotify
 from converge.api import DaemonBackend as DaemonSpec
 from converge.api import ServiceKey
 from converge.backends import cgroups
@@ -56,9 +57,12 @@ PID_FILE = "daemon.json"
 START_INTENT = "daemon.starting"  # exists only while a start without a cgroup is under way
 LOG_FILE = "daemon.log"
 LOG_CHECK_SECONDS = 1.0  # a growing log is checked this often
-LOG_CHECK_MAX = 4.0  # a quiet one this often: a burst after a silence overshoots by this much output at most
+LOG_CHECK_MAX = 4.0  # a quiet one this often where it cannot be watched (no inotify)
 LOG_CHECK_BATCH = 0.25  # checks due this close together run in one wake-up
 TAIL_LINES = 10
+_QUIET_LOG_EVENTS = (inotify.IN_MODIFY | inotify.IN_ATTRIB | inotify.IN_MOVE_SELF | inotify.IN_DELETE_SELF
+                     | inotify.IN_DONT_FOLLOW | inotify.IN_ONESHOT)  # written, truncated, unlinked, moved
+_LOG_EVENTS = "logs"  # the exit watcher's selector: the quiet logs' inotify queue
 log = logging.getLogger("converge")
 
 def build_argv(spec: DaemonSpec, variables: Mapping[str, str]) -> list[str]:
@@ -205,6 +209,9 @@ class DaemonBackend:
         self._log_due: dict[ServiceKey, tuple[float, int | None]] = {}  # key -> (next check, size then)
         self._log_heap: list[tuple[float, int, ServiceKey]] = []  # (next check, seq, key); stale ones skipped
         self._log_seq = 0
+        self._log_events: inotify.Inotify | None = None  # quiet logs wait for their next write here
+        self._quiet: dict[int, ServiceKey] = {}  # inotify watch -> the key of the quiet log it is on
+        self._quiet_wd: dict[ServiceKey, int] = {}  # and back
         self._records: dict[Path, tuple[tuple[int, int, int, int], dict[str, Any]]] = {}  # pid file -> (stat, record)
         self._ours: dict[int, float] = {}  # pid -> createTime: checked to be the service's, its pidfd armed
         self._paths: dict[Path, tuple[Path, Path, Path, str]] = {}  # runtime dir -> pid file, intent, log, str(log)
@@ -551,8 +558,7 @@ class DaemonBackend:
         self._forget_exit(target)
         with contextlib.suppress(FileNotFoundError):
             self._pidfile(target).unlink()
-        with self._mu:
-            self._logs.pop(target.key, None)
+        self._forget_log(target.key)
 
     def _signal_group(self, pid: int, sig: signal.Signals) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -694,10 +700,17 @@ class DaemonBackend:
             return
         self._notify = notify
         self._stopping.clear()
+        with self._mu:
+            self._logs.clear()  # logs met before (one-off reconciles' looks): each is looked at afresh
         self._selector = selectors.DefaultSelector()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)  # written under the lock: never blocks on a full pipe
         self._selector.register(self._wake_r, selectors.EVENT_READ, None)
+        try:
+            self._log_events = inotify.Inotify()
+            self._selector.register(self._log_events.fd, selectors.EVENT_READ, _LOG_EVENTS)
+        except OSError:
+            self._log_events = None  # quiet logs are looked at every LOG_CHECK_MAX seconds instead
         self._warmer = cgroups.AttachWarmer() if cgroups.base() is not None else None
         self._thread = threading.Thread(target=self._loop, name="daemon-exits", daemon=True)
         self._thread.start()
@@ -737,11 +750,13 @@ class DaemonBackend:
             if self._wake_w >= 0:
                 os.write(self._wake_w, b"x")
 
-    def _rotate_due(self) -> float:
+    def _rotate_due(self) -> float | None:
         """Check the logs whose check is due (one stat each; rotated when over their size);
-        return the seconds until the next one is due. A log is looked at again after
-        log_check_delay(): every second while it grows, every LOG_CHECK_MAX seconds while
-        it is quiet."""
+        return the seconds until the next one is due (None: none is). A log is looked at
+        again after log_check_delay(): every second while it grows; once it is quiet (the
+        same size a second later), at its next write, change of size or unlink (a one-shot
+        inotify watch: nothing to do while it stays quiet), or where it cannot be watched,
+        every LOG_CHECK_MAX seconds."""
         now = time.monotonic()
         due: list[tuple[ServiceKey, tuple[Path, int, int], int | None]] = []
         with self._mu:
@@ -761,11 +776,66 @@ class DaemonBackend:
             delay = log_check_delay(size, size_then)
             if size > max_bytes and rotate_log(path, max_bytes, files):
                 size = 0
+            elif delay == LOG_CHECK_MAX:
+                later = self._quiet_until_written(key, path, size)
+                if later is None:
+                    continue
+                delay = later
             planned_now.append((key, log_check_at(now, delay), size))
-        with self._mu:  # one lock turn for all of them (at idle: all quiet logs at once)
+        with self._mu:  # one lock turn for all of them
             for key, when, size in planned_now:
                 self._plan_log_check(key, when, size)
-            return max(0.0, self._log_heap[0][0] - now) if self._log_heap else LOG_CHECK_MAX
+            return max(0.0, self._log_heap[0][0] - now) if self._log_heap else None
+
+    def _quiet_until_written(self, key: ServiceKey, path: Path, size: int) -> float | None:
+        """Watch a quiet log (of `size` bytes) for its next write instead of looking at it
+        again later (None); else the seconds until the next look: LOG_CHECK_MAX where it
+        cannot be watched, LOG_CHECK_SECONDS when it was written meanwhile."""
+        if self._log_events is None:
+            return LOG_CHECK_MAX
+        try:
+            wd = self._log_events.add(path, _QUIET_LOG_EVENTS)
+            if os.lstat(path).st_size != size:  # written before the watch was in place
+                return LOG_CHECK_SECONDS  # (the watch's event, if any, finds it looked at: harmless)
+        except OSError:
+            return LOG_CHECK_MAX  # gone, or no more watches (fs.inotify.max_user_watches): timed looks
+        with self._mu:
+            if key not in self._logs:
+                self._log_events.remove(wd)  # deprovisioned meanwhile
+                return None
+            self._quiet[wd] = key
+            self._quiet_wd[key] = wd
+            self._log_due[key] = (math.inf, size)  # no timed look: its watch's event plans one
+        return None
+
+    def _forget_log(self, key: ServiceKey) -> None:
+        """A deprovisioned service's log is no longer kept within its size (nor watched)."""
+        with self._mu:
+            self._logs.pop(key, None)
+            wd = self._quiet_wd.pop(key, None)
+            if wd is not None:
+                del self._quiet[wd]
+                if self._log_events is not None:
+                    self._log_events.remove(wd)
+
+    def _logs_written(self) -> None:
+        """Quiet logs written (or truncated, unlinked, moved) since they were quiet: each is
+        looked at again at the next LOG_CHECK_SECONDS moment, then every second while it grows."""
+        assert self._log_events is not None
+        events = self._log_events.read()
+        now = time.monotonic()
+        with self._mu:
+            if any(ev.mask & inotify.IN_Q_OVERFLOW for ev in events):  # events lost: look at every quiet log
+                events = [inotify.Event(wd, inotify.IN_MODIFY, "") for wd in self._quiet]
+            for ev in events:
+                key = self._quiet.pop(ev.wd, None)  # a one-shot watch: gone with its first event
+                if key is None:
+                    continue  # its IN_IGNORED
+                if self._quiet_wd.get(key) == ev.wd:
+                    del self._quiet_wd[key]
+                planned = self._log_due.get(key)
+                if planned is not None and planned[0] == math.inf:
+                    self._plan_log_check(key, log_check_at(now, LOG_CHECK_SECONDS), planned[1])
 
     def _plan_log_check(self, key: ServiceKey, when: float, size: int | None) -> None:
         """Under self._mu."""
@@ -784,13 +854,16 @@ class DaemonBackend:
 
     def _loop_once(self) -> None:
         assert self._selector is not None
-        timeout = 0.0
+        timeout: float | None = 0.0
         while not self._stopping.is_set():
             events = self._selector.select(timeout=timeout)
             for sk, _ in events:
                 if sk.data is None:
                     with contextlib.suppress(BlockingIOError):
                         os.read(self._wake_r, 4096)
+                    continue
+                if sk.data == _LOG_EVENTS:
+                    self._logs_written()
                     continue
                 pid = int(sk.data)
                 if self._warmer is not None:
@@ -825,6 +898,14 @@ class DaemonBackend:
                     os.close(pidfd)
             self._watched.clear()
             self._ours.clear()  # the observe fast path trusts an armed pidfd: none is armed now
+            if self._log_events is not None:
+                self._log_events.close()  # its watches with it
+                self._log_events = None
+            self._quiet.clear()
+            self._quiet_wd.clear()
+            self._log_due.clear()  # a later watch() looks at every log afresh
+            self._log_heap.clear()
+            self._logs.clear()
             if self._selector is not None:
                 self._selector.close()
                 self._selector = None
