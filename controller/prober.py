@@ -195,11 +195,12 @@ class Prober:
         while not self._closed:
             now = time.monotonic()
             starting, wait = self._due(now)
-            started = [(key, probe) for key, probe in starting if self._start(key, probe)]
+            ended: list[tuple[ServiceKey, Probe, ProbeResult]] = []
+            started = [(key, probe) for key, probe in starting if self._start(key, probe, ended)]
             with self._mu:
-                finished, self._finished = self._finished, []
-            for key, probe, result in finished:
-                self._end(key, probe, result)
+                if self._finished:
+                    ended += self._finished
+                    self._finished = []
             if started:
                 # Let the endpoints answer, then take the answers in the same wake-up, with
                 # no selector round for a probe that is done by then. Start-up watches alone:
@@ -207,8 +208,10 @@ class Prober:
                 if not all(probe.startup for _, probe in started):
                     time.sleep(COALESCE_SECONDS)
                 for key, _ in started:
-                    self._step(key)
-            if finished or starting:
+                    self._step(key, ended)
+            if ended:
+                self._end(ended)
+            if ended or starting:
                 continue  # places freed, probes rescheduled, time passed: more may be due before sleeping
             if self._pending:
                 soonest = max(0.0, min(p.deadline for p in self._pending.values()) - now)
@@ -219,21 +222,24 @@ class Prober:
                         while os.read(self._wake_r, 4096):
                             pass
                 else:
-                    self._step(sk.data)
+                    self._step(sk.data, ended)
             now = time.monotonic()
             for key in [k for k, p in self._pending.items() if p.deadline <= now]:
-                self._settle(key, self._pending[key].expire())
+                self._settle(key, self._pending[key].expire(), ended)
+            if ended:
+                self._end(ended)
 
-    def _start(self, key: ServiceKey, probe: Probe) -> bool:
+    def _start(self, key: ServiceKey, probe: Probe, ended: list[tuple[ServiceKey, Probe, ProbeResult]]) -> bool:
         """Start a probe; True when it is a non-blocking one now waiting for its endpoint
-        (in self._pending, not yet in the selector: see _step)."""
+        (in self._pending, not yet in the selector: see _step). One decided at once goes
+        to `ended`."""
         try:
             started = probe.start()
         except Exception:  # a probe must never kill the prober
             log.exception("%s: probe failed unexpectedly", key)
             started = ProbeResult(False, "probe failed unexpectedly")
         if isinstance(started, ProbeResult):
-            self._end(key, probe, started)
+            ended.append((key, probe, started))
         elif started is not None:
             self._pending[key] = started
             return True
@@ -255,9 +261,9 @@ class Prober:
             self._finished.append((key, probe, result))
         self._wake()
 
-    def _step(self, key: ServiceKey) -> None:
+    def _step(self, key: ServiceKey, ended: list[tuple[ServiceKey, Probe, ProbeResult]]) -> None:
         """Go on with a probe whose socket may be ready; one still waiting is (re)registered
-        with the selector for what it waits on."""
+        with the selector for what it waits on, one decided goes to `ended`."""
         pending = self._pending[key]
         events = pending.events
         try:
@@ -266,41 +272,47 @@ class Prober:
             log.exception("%s: probe failed unexpectedly", key)
             result = ProbeResult(False, "probe failed unexpectedly")
         if result is not None:
-            self._settle(key, result)
+            self._settle(key, result, ended)
         elif key not in self._registered:
             self._selector.register(pending.sock, pending.events, key)
             self._registered.add(key)
         elif pending.events != events:
             self._selector.modify(pending.sock, pending.events, key)
 
-    def _settle(self, key: ServiceKey, result: ProbeResult) -> None:
-        """A non-blocking probe's end: its socket closed, its result taken."""
+    def _settle(self, key: ServiceKey, result: ProbeResult, ended: list[tuple[ServiceKey, Probe, ProbeResult]]) -> None:
+        """A non-blocking probe's end: its socket closed, its result to `ended`."""
         pending = self._pending.pop(key)
         if key in self._registered:
             self._registered.discard(key)
             self._selector.unregister(pending.sock)
         pending.close()
-        self._end(key, self._inflight[key][0], result)  # (_inflight changes on this thread only)
+        ended.append((key, self._inflight[key][0], result))  # (_inflight changes on this thread only)
 
-    def _end(self, key: ServiceKey, probe: Probe, result: ProbeResult) -> None:
-        """A probe ended: record it, then probe again after the period or report the failure."""
-        probe.finish(result)
+    def _end(self, ended: list[tuple[ServiceKey, Probe, ProbeResult]]) -> None:
+        """Probes ended (those of one wake-up, in one lock turn): each recorded, then probed
+        again after its period, or its key woken (a failure; a start-up watch's pass)."""
+        for _, probe, result in ended:
+            probe.finish(result)
+        woken: list[ServiceKey] = []
         with self._mu:
-            turn = self._inflight.pop(key, (probe, -1.0))[1]
-            cur = self._tracked.get(key)
-            if cur is None or (cur[0] is not probe and cur[0] != probe):
-                return  # untracked, or tracked with another check while probing
-            if probe.startup:
-                if not result.ok:  # not up yet: look again soon, more rarely the longer it takes
-                    if cur[1] == turn:
-                        now = time.monotonic()
-                        waited = now - self._since.get(key, now)
-                        self._schedule(key, cur[0], now + max(STARTUP_FIRST, waited * STARTUP_GROWTH))
-                    return
-                self._since.pop(key, None)  # up: its reconcile goes on from here
-            elif result.ok:
-                if cur[1] == turn:  # not given another turn while probing
-                    self._schedule(key, cur[0], time.monotonic() + cur[0].period)
-                return
-            del self._tracked[key]
-        self._on_failure(key)
+            now = time.monotonic()
+            for key, probe, result in ended:
+                turn = self._inflight.pop(key, (probe, -1.0))[1]
+                cur = self._tracked.get(key)
+                if cur is None or (cur[0] is not probe and cur[0] != probe):
+                    continue  # untracked, or tracked with another check while probing
+                if probe.startup:
+                    if not result.ok:  # not up yet: look again soon, more rarely the longer it takes
+                        if cur[1] == turn:
+                            waited = now - self._since.get(key, now)
+                            self._schedule(key, cur[0], now + max(STARTUP_FIRST, waited * STARTUP_GROWTH))
+                        continue
+                    self._since.pop(key, None)  # up: its reconcile goes on from here
+                elif result.ok:
+                    if cur[1] == turn:  # not given another turn while probing
+                        self._schedule(key, cur[0], now + cur[0].period)
+                    continue
+                del self._tracked[key]
+                woken.append(key)
+        for key in woken:
+            self._on_failure(key)
