@@ -59,6 +59,7 @@ LOG_FILE = "daemon.log"
 LOG_CHECK_SECONDS = 1.0  # a growing log is checked this often
 LOG_CHECK_MAX = 4.0  # a quiet one this often where it cannot be watched (no inotify)
 LOG_CHECK_BATCH = 0.25  # checks due this close together run in one wake-up
+LOG_CHECK_OFFSET = 0.5  # checks fall half a second past whole seconds: not with the prober's slots
 TAIL_LINES = 10
 _QUIET_LOG_EVENTS = (inotify.IN_MODIFY | inotify.IN_ATTRIB | inotify.IN_MOVE_SELF | inotify.IN_DELETE_SELF
                      | inotify.IN_DONT_FOLLOW | inotify.IN_ONESHOT)  # written, truncated, unlinked, moved
@@ -152,10 +153,11 @@ def log_check_delay(size: int, size_then: int | None) -> float:
 
 def log_check_at(now: float, delay: float) -> float:
     """When to check a log next: `delay` seconds from now rounded down to a multiple of
-    `delay`, so every log checked at that pace is due at the same moments and the watcher
-    wakes once per LOG_CHECK_SECONDS / LOG_CHECK_MAX for all of them, not once per log
-    (a wake-up costs as much as ~20 stat calls). Never later than delay, always after now."""
-    return math.floor((now + delay) / delay) * delay
+    `delay` (plus LOG_CHECK_OFFSET), so every log checked at that pace is due at the same
+    moments and the watcher wakes once per LOG_CHECK_SECONDS / LOG_CHECK_MAX for all of
+    them, not once per log (a wake-up costs as much as ~20 stat calls), and not at the
+    prober's whole-second slots (the GIL). Never later than delay, always after now."""
+    return math.floor((now + delay - LOG_CHECK_OFFSET) / delay) * delay + LOG_CHECK_OFFSET
 
 
 def rotate_log(path: Path, max_bytes: int, files: int) -> bool:

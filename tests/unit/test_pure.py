@@ -143,9 +143,10 @@ def test_log_checks_fall_on_shared_moments_never_later_than_their_delay() -> Non
     from converge.backends.daemon import LOG_CHECK_MAX, LOG_CHECK_SECONDS, log_check_at
 
     for delay in (LOG_CHECK_SECONDS, LOG_CHECK_MAX):
-        starts = [1000.0 + i * 0.037 for i in range(200)]  # 200 logs looked at over 7.4 s
+        starts = [1000.5 + i * 0.037 for i in range(200)]  # 200 logs looked at over 7.4 s
         due = [log_check_at(t, delay) for t in starts]
         assert all(t < d <= t + delay for t, d in zip(starts, due, strict=True))
+        assert all(abs(d - round(d)) > 0.25 for d in due)  # never with the prober's whole-second slots
         assert len(set(due)) <= 7.4 / delay + 1  # one wake-up per delay for all of them
         again = [log_check_at(d, delay) for d in due]  # checked on time: the next one a delay on
         assert all(abs(a - d - delay) < 1e-9 for a, d in zip(again, due, strict=True))
