@@ -43,6 +43,7 @@ class Host:
         self.root = Path(root)
         self._root = str(self.root)
         self._made: dict[tuple[str, ...], str] = {}  # folders known to exist: parts below the root -> path
+        self._checked: dict[tuple[str, ...], tuple[int, int]] = {}  # folders checked: parts -> (dev, inode)
         # Per key, made once: pathlib costs more than the rest of a steady-state pass.
         self._dirs: dict[ServiceKey, Path] = {}
         self._locks: dict[ServiceKey, str] = {}
@@ -78,6 +79,26 @@ class Host:
         if made is not None:
             return made
         inside = self._inside(parts)
+        known = len(parts) - 1  # the deepest folder on the way that this Host checked
+        while known and parts[:known] not in self._checked:
+            known -= 1
+        if known and self._still(parts[:known], inside[known - 1]):
+            # A folder on the way checked already and still the same folder (a link
+            # planted at or above it would make its path lead to another): only the
+            # folders below it are looked at (a new controller's first look at N services
+            # looks at their namespace's folders once, not N times).
+            below = []
+            for p in inside[known:]:
+                try:
+                    st = os.lstat(p)
+                except OSError:
+                    break
+                if not stat.S_ISDIR(st.st_mode) or st.st_mode & 0o077:  # (a link is no folder)
+                    break
+                below.append(st)
+            else:
+                return self._remember(parts, known, below)
+            # something to make, fix or refuse below it: the whole walk
         missing, up = [], self._root
         while not os.path.exists(up):  # noqa: PTH110 - the root and what it needs above it
             missing.append(up)
@@ -89,6 +110,7 @@ class Host:
             with contextlib.suppress(FileExistsError):
                 os.mkdir(p, 0o700)  # noqa: PTH102
         changed = False
+        seen = []
         for p in inside:  # top down: a link is refused before anything is made under it
             try:
                 st = os.lstat(p)
@@ -100,10 +122,29 @@ class Host:
             if st.st_mode & 0o077:
                 os.chmod(p, 0o700)  # noqa: PTH101 - checked no link just above
                 changed = True
-        for p in inside if changed else ():  # nothing swapped in while we made them (a new
-            self._not_a_link(p, os.lstat(p))  # controller's first look at folders that exist: 3 lstats fewer)
-        self._made[parts] = inside[-1]
-        return inside[-1]
+            seen.append(st)
+        if changed:  # nothing swapped in while we made them (a new controller's first look
+            seen = [os.lstat(p) for p in inside]  # at folders that exist: 3 lstats fewer)
+            for p, st in zip(inside, seen, strict=True):
+                self._not_a_link(p, st)
+        return self._remember(parts, 0, seen)
+
+    def _still(self, parts: tuple[str, ...], path: str) -> bool:
+        """The folder checked as root/parts is still what its path leads to, private."""
+        try:
+            st = os.lstat(path)
+        except OSError:
+            return False
+        return (stat.S_ISDIR(st.st_mode) and not st.st_mode & 0o077
+                and (st.st_dev, st.st_ino) == self._checked[parts])
+
+    def _remember(self, parts: tuple[str, ...], first: int, stats: list[os.stat_result]) -> str:
+        """root/parts made or checked, and what its folders from root/parts[:first+1] down
+        were when checked (stats)."""
+        for i, st in enumerate(stats, start=first + 1):
+            self._checked[parts[:i]] = (st.st_dev, st.st_ino)
+        path = self._made[parts] = os.path.join(self._root, *parts)  # noqa: PTH118
+        return path
 
     def runtime_dir(self, key: ServiceKey) -> Path:
         """A private folder for the backend's files of this service (created on demand)."""
@@ -135,6 +176,7 @@ class Host:
         link out of the root."""
         d = self.runtime_path(key)
         self._made.pop((RUNTIME, key.namespace, key.name), None)
+        self._checked.pop((RUNTIME, key.namespace, key.name), None)
         self._dirs.pop(key, None)
         self._locks.pop(key, None)
         try:
