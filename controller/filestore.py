@@ -45,8 +45,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from converge import heap, storebatch, storefiles
 from converge import inotify as _IN
-from converge import storebatch, storefiles
 from converge.api import ManagedService, ManagedServiceSpec, ObjectMeta, ServiceKey
 from converge.fielderrors import format_validation_error
 from converge.inotify import Inotify
@@ -217,15 +217,19 @@ class FileStore:
 
     # ------------------------------------------------------------------ reading
 
-    def _read(self, key: ServiceKey, path: str, folder_checked: bool = False) -> ManagedService:
+    def _read(self, key: ServiceKey, path: str, folder_checked: bool = False,
+              entry: os.DirEntry[str] | None = None) -> ManagedService:
         """The object of `key` stored at `path` (a str: pathlib is most of a cached get);
         parsed only when the file changed. `folder_checked`: the caller knows the
-        namespace folder is no link."""
-        sig = storefiles.check(key, path, folder_checked)
+        namespace folder is no link; `entry`: the folder's entry of the file."""
         with self._mu:
             hit = self._cache.get(key)
-        if hit is not None and hit[0] == sig:
-            return hit[1]
+        if hit is not None or entry is None or not entry.is_file(follow_symlinks=False):
+            sig = storefiles.check(key, path, folder_checked)
+            if hit is not None and hit[0] == sig:
+                return hit[1]
+        # (else: nothing to compare with, and the listing says a regular file: read checks
+        # the type and size of what it opens, and a cold list makes one lstat fewer per object)
         raw = storefiles.read(key, path)
         obj = parse(path, raw, key)
         with self._mu:
@@ -240,7 +244,7 @@ class FileStore:
 
     def list(self, namespace: str | None = None, selector: Selector | None = None) -> ListResult:
         out = ListResult()
-        with storefiles.bulk():
+        with heap.keeping():  # (a cold list makes and keeps many objects: the collector paused)
             self._list_into(out, namespace, selector)
         return out
 
@@ -252,7 +256,7 @@ class FileStore:
             key, entry = found
             self._paths.setdefault(key, entry.path)  # (get's path: the same string)
             try:
-                obj = self._read(key, entry.path, folder_checked=True)
+                obj = self._read(key, entry.path, folder_checked=True, entry=entry)
             except NotFound:
                 continue
             except CorruptObject as exc:
