@@ -28,7 +28,6 @@ are not read.
 from __future__ import annotations
 
 import contextlib
-import gc
 import json
 import os
 import stat
@@ -36,6 +35,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from converge import heap
 from converge.names import MAX_OBJECT_BYTES, ServiceKey
 from converge.store import CorruptObject, NotFound
 
@@ -202,36 +202,6 @@ def object_files(root: Path, namespace: str | None) -> Iterator[tuple[ServiceKey
 # ---------------------------------------------------------------------------- documents
 
 
-FREEZE_YOUNG = 50_000  # objects a bulk read kept (~28 per stored object): worth freezing
-
-
-@contextlib.contextmanager
-def bulk() -> Iterator[None]:
-    """The cyclic garbage collector paused while many objects are parsed and kept (a
-    list): they are all alive, and each collection would walk every one made so far
-    again (half the CPU of a cold list of 10,000). Only if it is on: a program (or
-    another thread's bulk read) that paused it keeps it paused.
-
-    Pausing alone only defers that: the first collections after it walk every object the
-    read kept (~0.5 s after a cold list of 10,000), and each full collection while they
-    live walks them again (twice during the first pass over them). So when a read kept
-    many (a cold list, not a warm one), they are frozen (`gc.freeze`): moved out of the
-    collector's generations, as a long-lived cache should be. Frozen objects are still
-    freed when no longer referenced (the models hold no cycles); what cyclic garbage other
-    threads had not yet had collected at that moment is kept for good: a bounded cost paid
-    only by reads that parse many objects."""
-    if not gc.isenabled():
-        yield
-        return
-    gc.disable()
-    try:
-        yield
-    finally:
-        if gc.get_count()[0] >= FREEZE_YOUNG:
-            gc.freeze()
-        gc.enable()
-
-
 def _held(path: str, doc: Any, key: ServiceKey) -> dict[str, Any]:
     meta = doc.get("metadata") if isinstance(doc, dict) else None
     held = (meta.get("namespace"), meta.get("name")) if isinstance(meta, dict) else None
@@ -265,7 +235,7 @@ def documents(root: Path, namespace: str | None,
     `keep(doc)`: which to return (e.g. a label selector)."""
     docs: list[dict[str, Any]] = []
     errors: list[CorruptObject] = []
-    with bulk():
+    with heap.keeping():  # (many objects made and kept: the collector paused)
         _documents_into(docs, errors, root, namespace, keep)
     return docs, errors
 

@@ -1,22 +1,23 @@
-"""storefiles.bulk: the collector paused while a read keeps many objects, and what a large
-read kept frozen afterwards (not walked again by every collection)."""
+"""heap.keeping (a cold read of the store, a converging pass over many services): the collector
+paused while work keeps many objects, and what a large one kept frozen afterwards (not walked
+again by every collection)."""
 
 from __future__ import annotations
 
 import gc
 
-from converge.storefiles import FREEZE_YOUNG, bulk
+from converge.heap import FREEZE_YOUNG, keeping
 
 
 def test_a_read_that_keeps_many_objects_freezes_them_and_a_small_one_does_not() -> None:
     assert gc.isenabled()
     try:
         before = gc.get_freeze_count()
-        with bulk():
+        with keeping():
             assert not gc.isenabled()
             small = [{"n": [i]} for i in range(100)]
         assert gc.isenabled() and gc.get_freeze_count() == before
-        with bulk():
+        with keeping():
             kept = [{"n": [i]} for i in range(FREEZE_YOUNG)]
         assert gc.isenabled()
         assert gc.get_freeze_count() >= before + 2 * FREEZE_YOUNG  # the dicts and lists kept
@@ -29,7 +30,7 @@ def test_a_read_that_keeps_many_objects_freezes_them_and_a_small_one_does_not() 
 def test_a_paused_collector_stays_paused() -> None:
     gc.disable()
     try:
-        with bulk():
+        with keeping():
             kept = [{"n": [i]} for i in range(FREEZE_YOUNG)]
         assert not gc.isenabled() and len(kept) == FREEZE_YOUNG
     finally:
