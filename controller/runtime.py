@@ -11,12 +11,14 @@ Two ways to drive it:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 import zlib
 from collections.abc import Callable, Iterable
 
+from converge import heap
 from converge.api import ServiceKey
 from converge.concurrency import Gate, Limit
 from converge.outcome import Outcome
@@ -32,6 +34,7 @@ log = logging.getLogger("converge")
 RESYNC_SECONDS = 60.0
 RESYNC_SLOT = 10.0  # resync keys due within one slot are passed over by one worker in one wake-up
 FEED_AHEAD = 32  # a one-shot converge queues this many keys ahead of their first pass (see converge)
+BULK_PASS = 2_000  # keys: a converging pass over this many makes and keeps many objects (see converge)
 STARTUP_LOOK = 1.0  # a start watched by the prober: the reconcile looks again after this at the soonest
 
 
@@ -61,6 +64,7 @@ class Runtime:
         self.reconciler = reconciler
         self.workers = workers
         self.resync = resync
+        self.bulk_pass = BULK_PASS
         self._last: dict[ServiceKey, tuple[str, str]] = {}
         self._mu = threading.Lock()
         # Told of every pass (outcome, seconds): the operator's metrics.
@@ -177,17 +181,21 @@ class Runtime:
                     queue.add_after(key, o.requeue_after if o.requeue_after is not None else 0.5)
 
         finished = threading.Event()
-        threads, gate = self._start_workers(queue, handle, min(self.workers, max(1, len(waiting))),
-                                            finished.is_set)
-        deadline = time.monotonic() + timeout
-        with mu:
-            while waiting and time.monotonic() < deadline:
-                mu.wait(min(0.5, max(0.0, deadline - time.monotonic())))
-        finished.set()
-        queue.close()
-        gate.close()
-        for t in threads:
-            t.join(timeout=60)
+        # A pass over thousands of services keeps a few objects for each for the life of
+        # the controller (the reconciler's look at rest, target, hash): the collector is
+        # paused for it and what it kept frozen after (converge.heap), as for a cold list.
+        with heap.keeping() if len(waiting) >= self.bulk_pass else contextlib.nullcontext():
+            threads, gate = self._start_workers(queue, handle, min(self.workers, max(1, len(waiting))),
+                                                finished.is_set)
+            deadline = time.monotonic() + timeout
+            with mu:
+                while waiting and time.monotonic() < deadline:
+                    mu.wait(min(0.5, max(0.0, deadline - time.monotonic())))
+            finished.set()
+            queue.close()
+            gate.close()
+            for t in threads:
+                t.join(timeout=60)
         return results
 
     # ------------------------------------------------------------------ continuous
