@@ -2,8 +2,10 @@
 
 Each daemon runs in a cgroup of its own, `<base>/svc-<uid>`, where `<base>` is a `converge`
 folder inside the controller's own cgroup (systemd's delegation model: a process manages the
-subtree below itself). The child joins it before the program's first instruction (`launcher`: /bin/sh
-joins, then execs the program in the same process), so whatever the program does
+subtree below itself). The program is in it from its first instruction: created there by the
+compiled helper converge-spawn (clone3 CLONE_INTO_CGROUP: `converge.backends.spawn`), or where
+that is not installed, joined by /bin/sh before it execs the program in the same process
+(`launcher`), so whatever the program does
 afterwards (fork twice, setsid, clear its environment, rewrite its argv) every process it
 starts stays in it: the kernel, not a scan of /proc, says what belongs to the service.
 `cgroup.kill` then ends all of it at once, forks racing the kill included, and an empty
@@ -129,8 +131,10 @@ class ServiceCgroup:
         The program's argv reaches exec untouched, as positional parameters the shell never
         parses. Popen keeps its vfork fast path this way; a preexec_fn would make a large
         controller fork(), measured at ~9 ms per start at 50 MB and ~40 ms at 300 MB plus
-        the copy-on-write faults after it. None where it cannot be used (no /bin/sh, or an
-        argv[0] the shell's exec would read as an option): then `joining` does it."""
+        the copy-on-write faults after it. The move waits for an RCU grace period of the
+        kernel's cgroup lock after an idle spell (~7-15 ms; `AttachWarmer`): the spawn helper,
+        where installed, avoids it and this is its fallback. None where it cannot be used (no
+        /bin/sh, or an argv[0] the shell's exec would read as an option): then `joining` does it."""
         if not argv or argv[0].startswith("-") or not os.access(SH, os.X_OK):
             return None
         return [SH, "-c", JOIN_AND_EXEC, str(self.path / "cgroup.procs"), *argv]

@@ -8,8 +8,10 @@ for the service; a controller started later adopts what runs instead of starting
 second copy.
 
 What belongs to a service: where cgroup v2 can be written (`converge.backends.cgroups`),
-everything in the service's own cgroup, which the child joins before it execs, so nothing it
-starts can leave it (double fork, setsid, a cleared environment); elsewhere, the leader's
+everything in the service's own cgroup, which the program is in from its first instruction
+(created there by the compiled helper `converge-spawn`, `converge.backends.spawn`; where that
+is not installed, joined by /bin/sh before the exec), so nothing it starts can leave it
+(double fork, setsid, a cleared environment); elsewhere, the leader's
 descendants, its session and process group, and every process carrying the service's uid
 marker in its environment. Stopping signals all of it (no orphans; SIGKILL by cgroup.kill
 where there is one); suspending sends SIGSTOP to it, resuming SIGCONT.
@@ -35,16 +37,16 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import psutil
 
 from converge import inotify
 from converge.api import DaemonBackend as DaemonSpec
 from converge.api import ServiceKey
-from converge.backends import cgroups
+from converge.backends import cgroups, spawn
 from converge.backends.base import Notify, Observation, Phase, Target
 from converge.backends.env import expand, resolve_env, scrub, secret_values, secrets_of
 from converge.backends.errors import PermanentError, TemporaryError
@@ -65,6 +67,20 @@ _QUIET_LOG_EVENTS = (inotify.IN_MODIFY | inotify.IN_ATTRIB | inotify.IN_MOVE_SEL
                      | inotify.IN_DONT_FOLLOW | inotify.IN_ONESHOT)  # written, truncated, unlinked, moved
 _LOG_EVENTS = "logs"  # the exit watcher's selector: the quiet logs' inotify queue
 log = logging.getLogger("converge")
+
+
+class _Child(Protocol):
+    """A daemon this controller started and has not reaped: a subprocess.Popen, or a
+    spawn.Spawned (started through the helper, straight into its cgroup)."""
+
+    @property
+    def pid(self) -> int: ...
+
+    @property
+    def returncode(self) -> int | None: ...
+
+    def poll(self) -> int | None: ...
+
 
 def build_argv(spec: DaemonSpec, variables: Mapping[str, str]) -> list[str]:
     return [expand(a, variables) for a in spec.command]
@@ -198,7 +214,7 @@ class DaemonBackend:
     kind = "daemon"
 
     def __init__(self) -> None:
-        self._children: dict[int, subprocess.Popen[bytes]] = {}
+        self._children: dict[int, _Child] = {}
         self._exit_codes: dict[int, int] = {}
         self._mu = threading.Lock()
         self._notify: Notify | None = None
@@ -319,11 +335,12 @@ class DaemonBackend:
     def _reap(self, pid: int) -> None:
         with self._mu:
             child = self._children.get(pid)
-        if child is not None and child.poll() is not None:
+        code = child.poll() if child is not None else None
+        if code is not None:
             with self._mu:
                 self._children.pop(pid, None)
                 self._ours.pop(pid, None)
-                self._exit_codes[pid] = child.returncode
+                self._exit_codes[pid] = code
 
     # ------------------------------------------------------------------ interface
 
@@ -464,15 +481,8 @@ class DaemonBackend:
                 cg.remove()
             raise TemporaryError(f"{log_path}: {exc.strerror} (a link is never followed)",
                                  reason="StartFailed") from None
-        launch = cg.launcher(argv) if cg is not None else None
         try:
-            if launch is not None:  # the shell's exec would only say "not found" in the log
-                _check_program(argv[0], cwd, full_env)
-            with cg.joining() if cg is not None and launch is None else contextlib.nullcontext() as join:
-                child = subprocess.Popen(
-                    launch or argv, stdin=subprocess.DEVNULL, stdout=fd, stderr=subprocess.STDOUT, env=full_env,
-                    cwd=cwd, start_new_session=True, close_fds=True, preexec_fn=join,
-                )
+            child, argv_known = self._launch(argv, cg, fd, full_env, cwd)
         except OSError as exc:
             intent.unlink(missing_ok=True)
             if cg is not None:
@@ -487,7 +497,7 @@ class DaemonBackend:
             self._children[child.pid] = child
         try:
             create_time = psutil.Process(child.pid).create_time()
-            cmdline = argv if launch is not None else psutil.Process(child.pid).cmdline()  # not the shell's
+            cmdline = argv if argv_known else psutil.Process(child.pid).cmdline()  # not the shell's
         except psutil.Error:
             create_time, cmdline = 0.0, argv
         rec = {"pid": child.pid, "createTime": create_time, "argv": cmdline or argv,
@@ -504,6 +514,31 @@ class DaemonBackend:
         if create_time:
             self._trust(child.pid, create_time)  # our own child, not reaped: no pid reuse possible
         return {"pid": child.pid, "log": str(log_path)}
+
+    @staticmethod
+    def _launch(argv: Sequence[str], cg: cgroups.ServiceCgroup | None, fd: int, env: Mapping[str, str],
+                cwd: Path) -> tuple[_Child, bool]:
+        """Start the program (in its own session, stdin /dev/null, stdout and stderr to fd) and
+        say whether the argv it runs is `argv` itself (else read it from /proc: a preexec
+        join's child is the program, /bin/sh's is the shell until it execs). Into its cgroup
+        straight through the spawn helper where there is one (no move: `converge.backends.spawn`),
+        else by the /bin/sh joiner (`ServiceCgroup.launcher`), else a preexec_fn join; without
+        a cgroup, plainly. OSError as Popen raises it."""
+        helper = spawn.helper() if cg is not None else None
+        if cg is not None and helper is not None:
+            try:
+                return spawn.start(helper, cg.path, argv, stdout=fd, env=env, cwd=cwd), True
+            except spawn.Unavailable as exc:
+                log.info("starting %r through /bin/sh instead of %s: %s", argv[0], spawn.NAME, exc)
+        launch = cg.launcher(argv) if cg is not None else None
+        if launch is not None:  # the shell's exec would only say "not found" in the log
+            _check_program(argv[0], cwd, env)
+        with cg.joining() if cg is not None and launch is None else contextlib.nullcontext() as join:
+            child = subprocess.Popen(
+                launch or list(argv), stdin=subprocess.DEVNULL, stdout=fd, stderr=subprocess.STDOUT, env=env,
+                cwd=cwd, start_new_session=True, close_fds=True, preexec_fn=join,
+            )
+        return child, launch is not None
 
     def _trust(self, pid: int, create_time: float) -> None:
         """Let observe take the quick look (_known_state) at pid from now on, if its pidfd is
@@ -713,7 +748,10 @@ class DaemonBackend:
             self._selector.register(self._log_events.fd, selectors.EVENT_READ, _LOG_EVENTS)
         except OSError:
             self._log_events = None  # quiet logs are looked at every LOG_CHECK_MAX seconds instead
-        self._warmer = cgroups.AttachWarmer() if cgroups.base() is not None else None
+        # The warmer's move holds the cgroup mutex through its grace period, which a clone3
+        # into a cgroup takes too: only for the /bin/sh joiner's moves.
+        usable = cgroups.base() is not None
+        self._warmer = cgroups.AttachWarmer() if usable and spawn.helper() is None else None
         self._thread = threading.Thread(target=self._loop, name="daemon-exits", daemon=True)
         self._thread.start()
         threading.Thread(target=cgroups.sweep, name="cgroup-sweep", daemon=True).start()  # once per controller

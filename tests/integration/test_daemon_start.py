@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from converge.api import ManagedService, ServiceKey, State
-from converge.backends import cgroups
+from converge.backends import cgroups, spawn
 from converge.backends.daemon import DaemonBackend
 from converge.client import Client
 from converge.runtime import Runtime
@@ -87,7 +87,7 @@ def test_the_warm_up_moves_nothing() -> None:
 _MOVED_THEN_POKED = """
 import sys, time
 from pathlib import Path
-from converge.backends import cgroups
+from converge.backends import cgroups, spawn
 w = cgroups.AttachWarmer()  # made in the cgroup this process starts in
 Path(sys.argv[1], "cgroup.procs").write_text("0")  # then moved elsewhere (as systemd or a benchmark may)
 w.poke()
@@ -128,7 +128,11 @@ def test_the_warm_up_stays_off_where_it_could_move_threads_or_cannot_write(tmp_p
 
 
 @pytest.mark.skipif(cgroups.base() is None, reason="cgroup v2 cannot be written on this host")
-def test_a_kill_under_the_runtime_warms_up_and_restarts(client: Client) -> None:
+def test_a_kill_under_the_runtime_warms_up_and_restarts(client: Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the /bin/sh joiner (the helper that starts straight into the cgroup off: it
+    has no move to warm up for, tests/integration/test_spawn.py)."""
+    monkeypatch.setenv(spawn.SWITCH, "off")
+    spawn.forget()
     client.store.create(_svc())
     backend = client.reconciler.backends.get("daemon")
     assert isinstance(backend, DaemonBackend)
@@ -148,3 +152,5 @@ def test_a_kill_under_the_runtime_warms_up_and_restarts(client: Client) -> None:
         stop.set()
         t.join(timeout=30)
     assert backend._warmer is None  # closed with the runtime
+    monkeypatch.undo()
+    spawn.forget()
