@@ -529,7 +529,7 @@ class DaemonBackend:
             try:
                 return spawn.start(helper, cg.path, argv, stdout=fd, env=env, cwd=cwd), True
             except spawn.Unavailable as exc:
-                log.info("starting %r through /bin/sh instead of %s: %s", argv[0], spawn.NAME, exc)
+                log.debug("starting %r through /bin/sh instead of %s: %s", argv[0], spawn.NAME, exc)
         launch = cg.launcher(argv) if cg is not None else None
         if launch is not None:  # the shell's exec would only say "not found" in the log
             _check_program(argv[0], cwd, env)

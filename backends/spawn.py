@@ -173,11 +173,16 @@ def start(path: str, cgroup: Path, argv: Sequence[str], *, stdout: int, env: Map
         if w >= 0:
             os.close(w)
     report = parse_report(data)
-    if report is None or report.outcome == "usage":
-        raise Unavailable(f"{path} exited {starter.returncode} reporting {data[:REPORT_MAX]!r}")
+    if report is None:  # killed before it said, say: it may have started the program (in the
+        # cgroup: the next start stops what is there first); never a second copy by /bin/sh
+        raise OSError(errno.EIO, f"{NAME} exited {starter.returncode} without a report", argv[0])
+    if report.outcome == "usage":  # it checks its arguments before it makes anything
+        raise Unavailable(f"{path} refused its arguments (exit {starter.returncode})")
     if report.outcome == "clone":
-        if report.errno in KERNEL_LACKS:
+        if report.errno in KERNEL_LACKS and not _off:
             _off = True
+            log.warning("%s: this kernel cannot start a process into a cgroup (clone3: %s): daemons "
+                        "start through /bin/sh", NAME, os.strerror(report.errno))
         raise Unavailable(f"clone3 into {cgroup}: {os.strerror(report.errno)}")
     assert report.pid is not None
     if report.outcome == "exec":

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -228,3 +229,53 @@ def test_a_kill_under_the_runtime_restarts_into_the_cgroup(client: Client, path_
     finally:
         stop.set()
         t.join(timeout=30)
+
+
+@pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler")
+def test_the_setup_script_builds_once_and_installs_next_to_python(tmp_path: Path) -> None:
+    root = Path(__file__).resolve().parents[2]
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    env = {**os.environ, "CONVERGE_CACHE": str(tmp_path / "cache"), "CONVERGE_VENV": str(venv)}
+
+    def setup() -> None:
+        subprocess.run(["bash", str(root / ".ci" / "setup.d" / "spawn.sh")], env=env, check=True, timeout=120)
+
+    setup()
+    installed = venv / "bin" / spawn.NAME
+    [built] = (tmp_path / "cache" / "build" / "spawn").iterdir()  # one build, named for its source
+    assert spawn.trusted(installed) and installed.read_bytes() == built.read_bytes()
+    before = (built.stat().st_mtime_ns, installed.stat().st_ino)
+    setup()
+    assert (built.stat().st_mtime_ns, installed.stat().st_ino) == before  # nothing rebuilt or copied
+    assert not subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--ignored", "helpers"],
+                              capture_output=True, text=True, check=True).stdout  # nothing built in the repo
+
+
+@pytest.mark.skipif(HELPER is None, reason="converge-spawn is not built here")
+def test_a_kernel_without_clone3_turns_the_helper_off_and_a_silent_helper_is_a_failure(tmp_path: Path) -> None:
+    """Stand-ins for the helper (shell scripts writing what it would): `clone 38` (ENOSYS, an
+    old kernel) falls back and turns the helper off for good; no report at all (a helper
+    killed midway, that may have started the program) is a start failure, never a second
+    copy through /bin/sh."""
+    base = cgroups.base()
+    assert base is not None
+    log = os.open(tmp_path / "log", os.O_CREAT | os.O_WRONLY | os.O_APPEND, 0o600)
+    try:
+        for name, script in (("old-kernel", 'printf "clone 38\\n" >"/dev/fd/$1"; exit 2'), ("silent", "exit 9")):
+            fake = tmp_path / name
+            fake.write_text(f"#!/bin/sh\n{script}\n")
+            fake.chmod(0o755)
+            spawn.forget()
+            assert spawn.helper() == HELPER
+            if name == "old-kernel":
+                with pytest.raises(spawn.Unavailable):
+                    spawn.start(str(fake), base, ["sleep", "60"], stdout=log, env=dict(os.environ), cwd=tmp_path)
+                assert spawn.helper() is None
+            else:
+                with pytest.raises(OSError, match="converge-spawn exited 9 without a report"):
+                    spawn.start(str(fake), base, ["sleep", "60"], stdout=log, env=dict(os.environ), cwd=tmp_path)
+                assert spawn.helper() == HELPER
+    finally:
+        os.close(log)
+        spawn.forget()
