@@ -220,7 +220,10 @@ class AttachWarmer:
     is left of the grace period. Off for good after a failed write (no permission, a
     threaded cgroup), and where this process's cgroup is not a plain domain. The cgroup is
     looked up again before each move (something else, e.g. systemd or a benchmark, may have
-    moved this process since: a move into the one it was in before would undo that)."""
+    moved this process since: a move into the one it was in before would undo that).
+    Only for the joiner: where the spawn helper starts daemons straight into their cgroup
+    there is no move to warm up for, and the warm-up's own move would hold the cgroup mutex
+    through its grace period, which a clone3 into a cgroup takes too."""
 
     def __init__(self, own: Path | None = None) -> None:
         self._own = own  # fixed (tests); None: this process's cgroup, read before each move
