@@ -93,6 +93,9 @@ def _installed() -> str | None:
         return None
     path = Path(sys.executable).parent / NAME  # the venv's bin: not resolved (a venv's python is a link)
     if not path.is_absolute() or not trusted(path):
+        if path.is_absolute() and os.path.lexists(path):
+            log.warning("%s not used: not a regular executable file that only root or its owner can "
+                        "change, in such a folder; daemons start through /bin/sh", path)
         return None
     return str(path)
 

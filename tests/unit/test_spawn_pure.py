@@ -76,3 +76,25 @@ def test_the_switch_turns_it_off(monkeypatch: pytest.MonkeyPatch) -> None:
     finally:
         monkeypatch.undo()
         spawn.forget()
+
+
+def test_only_the_file_next_to_python_is_looked_for_and_an_unsafe_one_is_named(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    bin_dir = tmp_path / "venv" / "bin"
+    bin_dir.mkdir(parents=True)
+    os.chmod(bin_dir, 0o755)
+    helper = bin_dir / spawn.NAME
+    helper.write_bytes(b"\x7fELF")
+    monkeypatch.setattr("sys.executable", str(bin_dir / "python"))
+    monkeypatch.delenv(spawn.SWITCH, raising=False)
+    try:
+        os.chmod(helper, 0o755)
+        spawn.forget()
+        assert spawn.helper() == str(helper)
+        os.chmod(helper, 0o777)
+        spawn.forget()
+        assert spawn.helper() is None
+        assert f"{helper} not used" in caplog.text
+    finally:
+        monkeypatch.undo()
+        spawn.forget()
