@@ -11,6 +11,8 @@ For each N:
   (a) start to all healthy: plain subprocess (one Popen loop), supervisord (start with a
       written config), `converge apply -f DIR` + `converge reconcile` (until it returns,
       then all Ready is checked), `converge apply -f DIR` + `converge run` in background;
+      `run-first`: `converge run` started and idle before `apply` (a controller already
+      running when the user applies: its own start-up is not in the figure);
   (b) kill -9 of a random daemon -> answering again from a new pid: median / p95 over
       --kills kills (supervisord autorestart=true startsecs=0; converge run; plain
       subprocess = this script respawning it at once, the floor);
@@ -53,11 +55,12 @@ from common import (
     served_pid,
     summarize,
     tagged,
+    thread_cpu,
     wait_healthy,
     write_results,
 )
 
-TOOLS = ("subprocess", "supervisord", "reconcile", "run", "run-noprobe")
+TOOLS = ("subprocess", "supervisord", "reconcile", "run", "run-noprobe", "run-first")
 
 
 class Ctx:
@@ -336,8 +339,10 @@ def bench_converge_reconcile(ctx: Ctx, n: int) -> dict[str, Any]:
         kill_tagged(tag)
 
 
-def bench_converge_run(ctx: Ctx, n: int, probe: bool = True) -> dict[str, Any]:
-    tag, work, ports = ctx.phase("run" if probe else "run-noprobe", n)
+def bench_converge_run(ctx: Ctx, n: int, probe: bool = True, first: bool = False) -> dict[str, Any]:
+    """first: `converge run` is started (on the empty store) and idle before `apply`, as a
+    controller that is already running when the user applies; else it starts after apply."""
+    tag, work, ports = ctx.phase("run-first" if first else "run" if probe else "run-noprobe", n)
     mdir = write_manifests(work, ports, tag, ctx, probe)
     env = converge_env(work)
     cv = converge_bin()
@@ -355,13 +360,21 @@ def bench_converge_run(ctx: Ctx, n: int, probe: bool = True) -> dict[str, Any]:
             raise BenchError(f"`converge run` was stopped by a signal this benchmark did not send: "
                              f"{stopped[0]!r}; results of this phase are void")
 
+    def start_run() -> subprocess.Popen[bytes]:
+        return ctx.reaper.track(subprocess.Popen([str(cv), "run"], env=env, stdout=out,
+                                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                                 start_new_session=True))
+
     try:
+        if first:
+            proc = start_run()
+            settle_idle(proc.pid)
+            alive()
         t0 = time.monotonic()
         run_cli([cv, "apply", "-f", mdir], env=env, timeout=300)
         t_apply = time.monotonic() - t0
-        proc = ctx.reaper.track(subprocess.Popen([str(cv), "run"], env=env, stdout=out,
-                                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                                 start_new_session=True))
+        if proc is None:
+            proc = start_run()
         healthy = wait_healthy(ports, ctx.args.start_timeout, t0=t0, check=alive)
         t_healthy = max(healthy.values())
         # Status catches up: time (after all answer) until every service shows Ready=True.
@@ -398,6 +411,20 @@ def bench_converge_run(ctx: Ctx, n: int, probe: bool = True) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- main
+
+
+def settle_idle(pid: int, timeout: float = 30.0) -> None:
+    """Until the process at pid has used under 2 % of a core for half a second (its
+    start-up is over; at idle it still wakes now and then)."""
+    deadline = time.monotonic() + timeout
+    last = -1
+    while time.monotonic() < deadline:
+        now = sum(ns for ns, _ in thread_cpu(pid).values())
+        if 0 <= now - last < 0.01e9:
+            return
+        last = now
+        time.sleep(0.5)
+    raise BenchError(f"process {pid} still busy {timeout:.0f} s after it started")
 
 
 def parse_args() -> argparse.Namespace:
@@ -448,7 +475,7 @@ def main() -> None:
         try:
             ctx = Ctx(args, tag, scratch, reaper)
             sup_bin = ensure_peer("supervisor") if "supervisord" in args.tools else None
-            if {"reconcile", "run", "run-noprobe"} & set(args.tools):
+            if {"reconcile", "run", "run-noprobe", "run-first"} & set(args.tools):
                 converge_bin()
             for n in args.ns:
                 runs: dict[str, Any] = {}
@@ -463,7 +490,8 @@ def main() -> None:
                     elif tool == "reconcile":
                         runs[tool] = bench_converge_reconcile(ctx, n)
                     else:
-                        runs[tool] = bench_converge_run(ctx, n, probe=tool == "run")
+                        runs[tool] = bench_converge_run(ctx, n, probe=tool != "run-noprobe",
+                                                        first=tool == "run-first")
                     left = tagged(tag)
                     if left:
                         raise BenchError(f"{len(left)} processes of {tool} still alive after its phase")
@@ -484,7 +512,8 @@ def main() -> None:
 
 LABELS = {"subprocess": "plain subprocess", "supervisord": "supervisord",
           "reconcile": "converge apply+reconcile", "run": "converge apply+run",
-          "run-noprobe": "converge apply+run, no health check"}
+          "run-noprobe": "converge apply+run, no health check",
+          "run-first": "converge run, then apply"}
 
 
 def report(results: dict[str, Any]) -> None:
