@@ -32,6 +32,7 @@ parses nothing; like an informer's cache, objects returned by get/list are share
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import select
@@ -60,6 +61,7 @@ _Sig = storefiles.Sig
 _sig = storefiles.sig
 RECENT_NS = 1_000_000_000  # see FileStore._poll
 STOP_CHECK = 1.0  # seconds between looks at a watch's stop flag while no event comes
+_STOPPED, _ROOT_GONE, _UNUSABLE = "stopped", "root gone", "unusable"  # why an inotify watch ended
 _ROOT_EVENTS = (_IN.IN_CREATE | _IN.IN_MOVED_TO | _IN.IN_DELETE | _IN.IN_MOVED_FROM | _IN.IN_DELETE_SELF
                 | _IN.IN_MOVE_SELF | _IN.IN_ONLYDIR | _IN.IN_DONT_FOLLOW)
 _NS_EVENTS = (_IN.IN_CLOSE_WRITE | _IN.IN_MOVED_TO | _IN.IN_MOVED_FROM | _IN.IN_DELETE | _IN.IN_CREATE
@@ -553,29 +555,41 @@ class FileStore:
           the namespace folders and of namespace folders made or removed; an idle store
           costs nothing (a converge.stopsignal.StopSignal is waited on with the events; any
           other `stop` is looked at every STOP_CHECK seconds);
-        - polling every `interval` seconds, where inotify cannot be had (or the store's
-          folder is not there yet or goes away): see _poll."""
-        if events:
+        - polling every `interval` seconds, where inotify cannot be had: see _poll; and
+          while the store's folder is not there (a `converge run` started before the first
+          `apply` made it) or after it went away, until it is there again: then inotify
+          takes over again, and what polling knew is compared with what is there, so
+          nothing that appeared in between is missed."""
+        known: dict[str, dict[str, _Sig]] | None = None  # what polling knew, when inotify takes over
+        while events:
             try:
                 ino = Inotify()
             except OSError:
-                pass
-            else:
-                try:
-                    if not (yield from self._follow(stop, ino)):
-                        return
-                finally:
-                    ino.close()
+                break
+            try:
+                why = yield from self._follow(stop, ino, before=known)
+            finally:
+                ino.close()
+            if why == _STOPPED:
+                return
+            if why == _UNUSABLE:
+                break
+            known = yield from self._poll(stop, interval, until_root=True)  # _ROOT_GONE
+            if known is None:
+                return
         yield from self._poll(stop, interval)
 
-    def _follow(self, stop: object, ino: Inotify) -> Generator[ServiceKey, None, bool]:
-        """The inotify watch; returns True when it cannot go on (no root folder, a watch
-        refused) and polling must take over, False once stopped."""
+    def _follow(self, stop: object, ino: Inotify,
+                before: dict[str, dict[str, _Sig]] | None = None) -> Generator[ServiceKey, None, str]:
+        """The inotify watch, until stopped (_STOPPED), the store's folder is not there or
+        went away (_ROOT_GONE), or a watch is refused (_UNUSABLE: polling for good).
+        `before`: what an earlier watch knew of the files (every one that differs now is
+        reported first); None: nothing is reported of what is there when it starts."""
         is_set = getattr(stop, "is_set", lambda: False)
         try:
             root_wd = ino.add(self.root, _ROOT_EVENTS)
-        except OSError:
-            return True
+        except OSError as exc:
+            return _ROOT_GONE if exc.errno in (errno.ENOENT, errno.ENOTDIR) else _UNUSABLE
         wds: dict[int, str] = {}
         files: dict[str, dict[str, _Sig]] = {}
 
@@ -593,6 +607,12 @@ class FileStore:
         for ns in self.namespaces():
             follow(ns)
             files[ns] = self._scan(ns)
+        was = before if before is not None else files  # None: nothing differs
+        for ns in sorted(files.keys() | was.keys()):
+            then, there = was.get(ns, {}), files.get(ns, {})
+            for name in sorted(n for n in there.keys() | then.keys() if there.get(n) != then.get(n)):
+                if not self._own_change(self.root / ns / name, there.get(name)):
+                    yield ServiceKey(ns, name[:-5])
         stop_fd = getattr(stop, "fileno", lambda: -1)()  # a StopSignal: its stop wakes the same wait
         fds, pause = ([ino.fd, stop_fd], None) if stop_fd >= 0 else ([ino.fd], STOP_CHECK)
         try:
@@ -608,7 +628,7 @@ class FileStore:
                             changed.update(((ns, n), None) for n in differing(ns))
                     elif ev.wd == root_wd:
                         if ev.mask & (_IN.IN_DELETE_SELF | _IN.IN_MOVE_SELF | _IN.IN_IGNORED):
-                            return True  # the store's folder went away: polling sees it come back
+                            return _ROOT_GONE  # the store's folder went away: polling sees it come back
                         if not ev.mask & _IN.IN_ISDIR or ev.name.startswith((".", "_")):
                             continue
                         if ev.mask & (_IN.IN_CREATE | _IN.IN_MOVED_TO):
@@ -645,9 +665,10 @@ class FileStore:
         finally:
             for wd in [root_wd, *wds]:
                 ino.remove(wd)
-        return False
+        return _STOPPED
 
-    def _poll(self, stop: object, interval: float) -> Iterator[ServiceKey]:
+    def _poll(self, stop: object, interval: float,
+              until_root: bool = False) -> Generator[ServiceKey, None, dict[str, dict[str, _Sig]] | None]:
         """The watch by polling: every write renames a new file into its namespace folder,
         which changes the folder's mtime: each tick stats the folders, and lists again only
         those that changed, comparing each file's (inode, mtime, size). An idle store costs a
@@ -655,7 +676,10 @@ class FileStore:
 
         A folder's mtime is coarse (the kernel's clock tick): a second write in the same
         tick as our look leaves it unchanged. So a folder changed less than RECENT_NS ago
-        is listed again on the next tick too, whatever its mtime says."""
+        is listed again on the next tick too, whatever its mtime says.
+
+        `until_root`: returns what it knows of the files (for inotify to take over) at the
+        first tick the store's folder is there; None once stopped."""
         is_set = getattr(stop, "is_set", lambda: False)
         wait = getattr(stop, "wait", time.sleep)
 
@@ -676,6 +700,8 @@ class FileStore:
         while not is_set():
             wait(interval)
             now_root = dir_sig(self.root)
+            if until_root and now_root is not None and not is_set():
+                return files
             if now_root != root_sig or root_recent:
                 root_sig, root_recent = now_root, recent(now_root)
                 for ns in self.namespaces():
@@ -695,6 +721,7 @@ class FileStore:
                 for name in sorted(n for n in cur.keys() | prev.keys() if cur.get(n) != prev.get(n)):
                     if not self._own_change(self.root / ns / name, cur.get(name)):
                         yield ServiceKey(ns, name[:-5])
+        return None
 
     def _own_change(self, path: Path, sig: _Sig | None) -> bool:
         """Whether the file is as this instance last left it (written or deleted)."""

@@ -7,6 +7,7 @@ import json
 import multiprocessing
 import os
 import select
+import shutil
 import signal
 import threading
 import time
@@ -369,6 +370,57 @@ def test_watch_by_inotify_sleeps_on_a_stop_signal_with_its_events(
         t.join(10)
     assert not t.is_alive()
     stop.close()
+
+
+def _wakeups(tid: int) -> int:
+    """How many times the thread tid has been scheduled (/proc's schedstat)."""
+    with open(f"/proc/self/task/{tid}/schedstat") as f:
+        return int(f.read().split()[2])
+
+
+def test_watch_started_before_the_store_exists_goes_over_to_inotify_once_it_does(tmp_path: Path) -> None:
+    """`converge run` started before the first `apply`: the store's folder is not there yet,
+    so the watch polls; once it is made, inotify takes over (it used to poll 4 times a second
+    for good), and what was made in between is reported. The same after the folder is
+    removed and made again."""
+    root = tmp_path / "st"
+    mine = FileStore(root)
+    stop = StopSignal()
+    seen: list[ServiceKey] = []
+    tids: list[int] = []
+
+    def watch() -> None:
+        tids.append(threading.get_native_id())
+        seen.extend(mine.watch(stop, interval=0.05))
+
+    def quiet() -> int:
+        """The watch thread's wake-ups over a second of an idle store."""
+        time.sleep(0.3)  # inotify is set up
+        before = _wakeups(tids[0])
+        time.sleep(1.0)
+        return _wakeups(tids[0]) - before
+
+    t = threading.Thread(target=watch, daemon=True)
+    t.start()
+    try:
+        time.sleep(0.3)  # polling: no folder to watch
+        other = FileStore(root)
+        other.create(make("a"))
+        other.create(in_team("b"))
+        until(lambda: {ServiceKey("default", "a"), ServiceKey("team", "b")} <= set(seen), what="a and b reported")
+        assert quiet() <= 2  # polling every 0.05 s: ~20
+        other.create(make("c"))
+        until(lambda: ServiceKey("default", "c") in seen, what="c reported")
+        shutil.rmtree(root)
+        time.sleep(0.2)
+        FileStore(root).create(make("d"))
+        until(lambda: ServiceKey("default", "d") in seen, what="d reported")
+        assert quiet() <= 2
+    finally:
+        stop.set()
+        t.join(10)
+        stop.close()
+    assert not t.is_alive()
 
 
 def test_watch_by_inotify_reports_a_namespace_folder_moved_in_whole(tmp_path: Path) -> None:
