@@ -11,18 +11,7 @@ command -v dockerd >/dev/null 2>&1 || missing+=(docker.io)
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 [ ${#missing[@]} -eq 0 ] && exit 0
 
-sudo=()
-[ "$(id -u)" -eq 0 ] || sudo=(sudo -n)
-apt=("${sudo[@]}" apt-get -o DPkg::Lock::Timeout=600 -qq)
-export DEBIAN_FRONTEND=noninteractive
 echo "setup.d/docker.sh: installing ${missing[*]}" >&2
-install() { "${apt[@]}" install -y --no-install-recommends "${missing[@]}" >/dev/null; }
-# Refresh the package lists only when needed: unknown packages (a fresh image has no
-# lists) or an install that fails on stale ones.
-if ! apt-cache show "${missing[@]}" >/dev/null 2>&1; then
-  "${apt[@]}" update >&2
-  install
-elif ! install; then
-  "${apt[@]}" update >&2
-  install
-fi
+# shellcheck source=../apt.sh
+. "$(dirname "$0")/../apt.sh"
+apt_install "${missing[@]}"

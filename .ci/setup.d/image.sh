@@ -14,11 +14,10 @@ tar=$images/$BASE_VERSION.tar
 sudo=()
 [ "$(id -u)" -eq 0 ] || sudo=(sudo -n)
 if ! command -v debootstrap >/dev/null 2>&1; then
-  apt=("${sudo[@]}" apt-get -o DPkg::Lock::Timeout=600 -qq)
-  export DEBIAN_FRONTEND=noninteractive
   echo "setup.d/image.sh: installing debootstrap" >&2
-  if ! apt-cache show debootstrap >/dev/null 2>&1; then "${apt[@]}" update >&2; fi
-  "${apt[@]}" install -y --no-install-recommends debootstrap >/dev/null
+  # shellcheck source=../apt.sh
+  . "$(dirname "$0")/../apt.sh"
+  apt_install debootstrap
 fi
 
 mkdir -p "$images"

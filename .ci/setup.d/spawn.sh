@@ -18,21 +18,11 @@ dest=$venv/bin/converge-spawn
 if [ ! -x "$built" ]; then
   cc=${CC:-cc}
   if ! command -v "$cc" >/dev/null 2>&1; then
-    sudo=()
-    [ "$(id -u)" -eq 0 ] || sudo=(sudo -n)
     if command -v apt-get >/dev/null 2>&1; then
       echo "setup.d/spawn.sh: installing gcc (apt-get) to build converge-spawn" >&2
-      apt=("${sudo[@]}" apt-get -o DPkg::Lock::Timeout=600 -qq)
-      export DEBIAN_FRONTEND=noninteractive
-      install() { "${apt[@]}" install -y --no-install-recommends gcc libc6-dev >/dev/null; }
-      # Package lists only refreshed when needed (a fresh image has none), as docker.sh does.
-      if ! apt-cache show gcc >/dev/null 2>&1; then
-        "${apt[@]}" update >&2 || true
-        install || true
-      elif ! install; then
-        "${apt[@]}" update >&2 || true
-        install || true
-      fi
+      # shellcheck source=../apt.sh
+      . "$here/.ci/apt.sh"
+      apt_install gcc libc6-dev || true
     fi
     if ! command -v "$cc" >/dev/null 2>&1; then
       echo "setup.d/spawn.sh: no C compiler: converge-spawn not built (daemons start through /bin/sh)" >&2

@@ -252,6 +252,22 @@ def test_the_setup_script_builds_once_and_installs_next_to_python(tmp_path: Path
                               capture_output=True, text=True, check=True).stdout  # nothing built in the repo
 
 
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("apt-get") is None, reason="installs with apt-get as root")
+def test_the_setup_script_without_a_compiler_tries_apt_then_says_so(tmp_path: Path) -> None:
+    """CC names no compiler: the script asks apt-get for gcc (already there: nothing to do),
+    still finds none by that name, says so and installs nothing: daemons then start
+    through /bin/sh. (Its apt helper once shadowed the `install` the script copies with.)"""
+    root = Path(__file__).resolve().parents[2]
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    env = {**os.environ, "CONVERGE_CACHE": str(tmp_path / "cache"), "CONVERGE_VENV": str(venv),
+           "CC": "no-such-cc"}
+    out = subprocess.run(["bash", str(root / ".ci" / "setup.d" / "spawn.sh")], env=env, capture_output=True,
+                         text=True, check=True, timeout=600)
+    assert "installing gcc (apt-get)" in out.stderr and "no C compiler" in out.stderr
+    assert list((venv / "bin").iterdir()) == [] and not (tmp_path / "cache" / "build" / "spawn").exists()
+
+
 @pytest.mark.skipif(HELPER is None, reason="converge-spawn is not built here")
 def test_a_kernel_without_clone3_turns_the_helper_off_and_a_silent_helper_is_a_failure(tmp_path: Path) -> None:
     """Stand-ins for the helper (shell scripts writing what it would): `clone 38` (ENOSYS, an
