@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import resource
 import shutil
@@ -45,7 +44,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import BenchError, fail_loudly, print_table, summarize, write_results
+from common import BenchError, fail_loudly, print_table, summarize, write_daemon_manifests, write_results
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -70,18 +69,6 @@ def fill(root: Path, n: int) -> None:
                      "endpoint": {"port": 18080, "allocatePort": True,
                                   "healthCheck": {"http": {"path": "/"}}}},
         }))
-
-
-def write_manifests(folder: Path, n: int) -> None:
-    """n daemon manifests as JSON, one a file, as bench_supervise writes them."""
-    folder.mkdir()
-    for i in range(n):
-        doc = {"apiVersion": "converge.dev/v1alpha1", "kind": "ManagedService",
-               "metadata": {"name": f"svc-{i:04d}", "labels": {"bench": "cli"}},
-               "spec": {"backend": {"daemon": {"command": ["python3", "-S", "tinyhttp.py", str(20000 + i)]}},
-                        "endpoint": {"protocol": "http", "port": 20000 + i, "healthCheck": {"http": {"path": "/"}}},
-                        "restartPolicy": {"backoffSeconds": 1, "resetAfterSeconds": 1}}}
-        (folder / f"svc-{i:04d}.yaml").write_text(json.dumps(doc) + "\n")
 
 
 def time_once(argv: list[str], env: dict[str, str], cwd: Path, fresh: Path | None = None) -> tuple[float, float]:
@@ -123,7 +110,9 @@ def main() -> None:
             if not converge.exists():
                 raise BenchError(f"{converge} not found: run .ci/bootstrap and use its python")
             (scratch / "one.yaml").write_text(MANIFEST)
-            write_manifests(scratch / "manifests", args.small)
+            # never started: the command only has to validate
+            write_daemon_manifests(scratch / "manifests", range(20000, 20000 + args.small),
+                                   lambda port: ["python3", "-S", "tinyhttp.py", str(port)], labels={"bench": "cli"})
             stores = {"empty": scratch / "empty", "small": scratch / "small", "big": scratch / "big",
                       "fresh": scratch / "fresh", "fresh-baseline": scratch / "fresh-baseline"}
             print(f"filling stores ({args.small} and {args.big} services) ...", file=sys.stderr, flush=True)

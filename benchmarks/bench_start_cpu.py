@@ -16,7 +16,6 @@ work onto the cores does better. Results: table on stdout, benchmarks/results/<-
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -39,6 +38,7 @@ from common import (
     run_tag,
     tagged,
     wait_healthy,
+    write_daemon_manifests,
     write_results,
 )
 
@@ -68,17 +68,6 @@ def daemons_cpu(tag: str) -> float:
     return total
 
 
-def write_manifests(folder: Path, ports: list[int], tag: str) -> None:
-    folder.mkdir(parents=True)
-    for i, port in enumerate(ports):
-        doc = {"apiVersion": "converge.dev/v1alpha1", "kind": "ManagedService",
-               "metadata": {"name": f"svc-{i:04d}"},
-               "spec": {"backend": {"daemon": {"command": daemon_command(port, tag)}},
-                        "endpoint": {"protocol": "http", "port": port, "healthCheck": {"http": {"path": "/"}}},
-                        "restartPolicy": {"backoffSeconds": 1, "resetAfterSeconds": 1}}}
-        (folder / f"svc-{i:04d}.yaml").write_text(json.dumps(doc) + "\n")
-
-
 def one_round(way: str, n: int, scratch: Path, timeout: float) -> dict[str, Any]:
     tag = run_tag()
     ports = free_ports(n)
@@ -86,7 +75,7 @@ def one_round(way: str, n: int, scratch: Path, timeout: float) -> dict[str, Any]
     env = dict(os.environ, CONVERGE_STORE=str(work / "store"))
     env.pop("PYTHONDONTWRITEBYTECODE", None)  # as installed: bytecode cached (as bench_supervise)
     if way == "converge":
-        write_manifests(work / "manifests", ports, tag)
+        write_daemon_manifests(work / "manifests", ports, lambda port: daemon_command(port, tag))
     else:
         work.mkdir(parents=True)
     time.sleep(1.0)  # what writing the manifests stirred up settles

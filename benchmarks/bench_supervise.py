@@ -57,6 +57,7 @@ from common import (
     tagged,
     thread_cpu,
     wait_healthy,
+    write_daemon_manifests,
     write_results,
 )
 
@@ -249,26 +250,11 @@ def bench_supervisord(ctx: Ctx, n: int, sup_bin: Path) -> dict[str, Any]:
 
 
 def write_manifests(work: Path, ports: list[int], tag: str, ctx: Ctx, probe: bool = True) -> Path:
-    """probe=False: endpoints without a health check (Ready = running, as supervisord
-    judges a program): what converge costs beyond what supervisord does."""
-    mdir = work / "manifests"
-    mdir.mkdir()
-    check = {"healthCheck": {"http": {"path": "/"}}} if probe else {}
-    for i, port in enumerate(ports):
-        doc = {
-            "apiVersion": "converge.dev/v1alpha1",
-            "kind": "ManagedService",
-            "metadata": {"name": f"svc-{i:04d}", "labels": {"bench": ctx.tag}},
-            "spec": {
-                "backend": {"daemon": {"command": daemon_command(port, tag)}},
-                "endpoint": {"protocol": "http", "port": port, **check},
-                "restartPolicy": {"backoffSeconds": ctx.args.backoff,
-                                  "resetAfterSeconds": ctx.args.reset_after},
-            },
-        }
-        # JSON is YAML: no dependency on a YAML writer here.
-        (mdir / f"svc-{i:04d}.yaml").write_text(json.dumps(doc) + "\n")
-    return mdir
+    """probe=False: endpoints without a health check: what converge costs beyond what
+    supervisord does."""
+    return write_daemon_manifests(work / "manifests", ports, lambda port: daemon_command(port, tag),
+                                  labels={"bench": ctx.tag}, probe=probe, backoff=ctx.args.backoff,
+                                  reset_after=ctx.args.reset_after)
 
 
 def converge_env(work: Path) -> dict[str, str]:

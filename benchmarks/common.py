@@ -138,6 +138,27 @@ def daemon_command(port: int | str, tag: str) -> list[str]:
     return [sys.executable, "-S", str(TINYHTTP), str(port), tag]
 
 
+def write_daemon_manifests(folder: Path, ports: Sequence[int], command: Callable[[int], list[str]], *,
+                           labels: dict[str, str] | None = None, probe: bool = True, backoff: float = 1.0,
+                           reset_after: float = 1.0) -> Path:
+    """A ManagedService manifest a file (svc-0000.yaml ...; JSON, which is YAML: no YAML
+    writer needed) per port: a daemon running command(port) behind an HTTP endpoint on that
+    port, with an HTTP health check unless `probe` is False (Ready = running, as supervisord
+    judges a program). Returns folder (made here)."""
+    folder.mkdir(parents=True)
+    check = {"healthCheck": {"http": {"path": "/"}}} if probe else {}
+    for i, port in enumerate(ports):
+        meta: dict[str, Any] = {"name": f"svc-{i:04d}"}
+        if labels:
+            meta["labels"] = labels
+        doc = {"apiVersion": "converge.dev/v1alpha1", "kind": "ManagedService", "metadata": meta,
+               "spec": {"backend": {"daemon": {"command": command(port)}},
+                        "endpoint": {"protocol": "http", "port": port, **check},
+                        "restartPolicy": {"backoffSeconds": backoff, "resetAfterSeconds": reset_after}}}
+        (folder / f"svc-{i:04d}.yaml").write_text(json.dumps(doc) + "\n")
+    return folder
+
+
 def free_ports(n: int) -> list[int]:
     """n distinct ports on 127.0.0.1 that were free a moment ago."""
     socks: list[socket.socket] = []
