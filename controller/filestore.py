@@ -310,10 +310,10 @@ class FileStore:
         finally:
             os.close(root_fd)
 
-    def _stage(self, dfd: int, path: Path, data: bytes) -> tuple[str, _Sig, ManagedService | None]:
+    def _stage(self, dfd: int, path: Path, data: bytes, sync: bool = True) -> tuple[str, _Sig, ManagedService | None]:
         """data in a new temp file next to path (in the folder dfd), stamped if it is
-        canonical, fsynced: (its name, its (inode, mtime, size), the object it holds if
-        canonical). Nothing is left behind on failure."""
+        canonical, fsynced (unless not `sync`: the caller fsyncs it): (its name, its (inode,
+        mtime, size), the object it holds if canonical). Nothing is left behind on failure."""
         tmp = storebatch.temp_name(path.name)
         fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dfd)
         try:
@@ -323,8 +323,9 @@ class FileStore:
             stored = _canonical(data)
             if stored is not None:  # valid as written: readers may trust it unvalidated
                 storefiles.stamp_fd(fd, data)
-            os.fsync(fd)
-            sig = _sig(os.fstat(fd))  # a rename keeps inode, mtime and size
+            if sync:
+                os.fsync(fd)
+            sig = _sig(os.fstat(fd))  # a rename keeps inode, mtime and size (an fsync too)
         except BaseException:
             os.close(fd)
             os.unlink(tmp, dir_fd=dfd)
@@ -409,8 +410,8 @@ class FileStore:
 
     def create_many(self, objs: Sequence[ManagedService]) -> None:
         """Create all of objs or none: AlreadyExists (nothing written) if any exists.
-        One hold of the lock; each file fsynced, then a commit record, the renames and
-        one fsync per folder (converge.storebatch says what a crash at any moment leaves:
+        One hold of the lock; the files written, then fsynced several at once, then a
+        commit record, the renames and one fsync per folder (converge.storebatch says what a crash at any moment leaves:
         none of them, or all once the next writer has looked)."""
         if len({o.key for o in objs}) != len(objs):
             raise ValueError("create_many: a key given twice")
@@ -429,7 +430,9 @@ class FileStore:
                     dfd = folders.get(path.parent)
                     if dfd is None:
                         dfd = folders[path.parent] = self._folder(path.parent)
-                    staged.append((dfd, path, *self._stage(dfd, path, _encode(new)), new))
+                    staged.append((dfd, path, *self._stage(dfd, path, _encode(new), sync=len(objs) == 1), new))
+                if len(objs) > 1:
+                    storebatch.fsync_all([(dfd, tmp) for dfd, _, tmp, *_ in staged])
                 root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
                 try:
                     record = storebatch.write_record(root_fd, [(p.parent.name, tmp) for _, p, tmp, *_ in staged])

@@ -7,6 +7,7 @@ record, which no kill can be timed to leave, is written by hand."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import select
@@ -231,3 +232,39 @@ def test_a_committed_batch_across_namespaces_is_completed_in_each(tmp_path: Path
     fresh = FileStore(root)
     assert {o.metadata.namespace for o in fresh.list().items if o.metadata.name == "x"} == {"one", "two"}
     assert [p.name for p in root.rglob(".*") if p.name != ".lock"] == []
+
+
+IN_OPEN, IN_CLOSE_NOWRITE = 0x20, 0x10  # (inotify(7); converge itself never asks for them)
+
+
+def test_fsync_all_tries_every_file_follows_no_link_and_raises_the_first_error(tmp_path: Path) -> None:
+    """The batch's files are fsynced several at once: each one opened (read-only, seen by
+    inotify) even when another fails, a link never followed, an error raised at the end."""
+    folder, elsewhere = tmp_path / "ns", tmp_path / "elsewhere"
+    folder.mkdir()
+    elsewhere.mkdir()
+    names = [f".svc-{i:02d}.yaml.{i:032x}.tmp" for i in range(24)]
+    for n in names:
+        (folder / n).write_bytes(b"{}\n")
+    (elsewhere / "target").write_bytes(b"not ours\n")
+    (folder / "planted").symlink_to(elsewhere / "target")
+    ino = Inotify()
+    dfd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        ino.add(folder, IN_OPEN)
+        ino.add(elsewhere, IN_OPEN)
+        listed = [*names[:5], "planted", "missing", *names[5:]]
+        with pytest.raises(OSError) as err:
+            storebatch.fsync_all([(dfd, n) for n in listed], threads=4)
+        assert err.value.errno in (errno.ELOOP, errno.ENOENT)
+        opened: set[str] = set()
+        deadline = time.monotonic() + 5
+        while opened != set(names) and time.monotonic() < deadline:
+            select.select([ino.fileno()], [], [], 0.2)
+            opened |= {ev.name for ev in ino.read() if ev.name}
+        assert opened == set(names), "every file tried, the link's target never opened"
+        storebatch.fsync_all([(dfd, n) for n in names], threads=4)  # all good: no error
+        storebatch.fsync_all([(dfd, names[0])])  # one file: no thread started
+    finally:
+        os.close(dfd)
+        ino.close()
