@@ -14,6 +14,9 @@ is a floor under the ratio of their wall times wherever both keep every core bus
 of the work onto the cores does better. A second floor comes from the first start: the
 daemons cannot be up before converge has started one and then the plain way's whole time
 (first start + plain wall, over plain wall), whatever converge did per service after it.
+A third, below that one, is the two commands' own start-up, timed in each round on their
+own: `apply` of one manifest (a new store) and `reconcile` of an empty store (Python, pydantic,
+converge's modules; no daemon): (both + plain wall) over plain wall, with no work per service.
 Results: table on stdout, benchmarks/results/<--out>.json.
 """
 
@@ -86,6 +89,21 @@ def started_at(procs: list[psutil.Process], t0_boot: float) -> list[float]:
     return sorted(out)
 
 
+def startup_round(scratch: Path) -> dict[str, Any]:
+    """Wall seconds of `converge apply` of one manifest into a new store and of `converge
+    reconcile` of an empty store: what each command costs before any per-service work."""
+    work = scratch / f"{run_tag()}-startup"
+    mdir = write_daemon_manifests(work / "one", [1], lambda port: ["/bin/true"])
+    cv = converge_bin()
+    env = dict(os.environ, CONVERGE_STORE=str(work / "store"))
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    t0 = time.monotonic()
+    run_cli([cv, "apply", "-f", mdir], env=env)
+    t1 = time.monotonic()
+    run_cli([cv, "reconcile"], env=dict(env, CONVERGE_STORE=str(work / "empty")))
+    return {"apply_one_s": t1 - t0, "reconcile_empty_s": time.monotonic() - t1}
+
+
 def one_round(way: str, n: int, scratch: Path, timeout: float) -> dict[str, Any]:
     tag = run_tag()
     ports = free_ports(n)
@@ -147,6 +165,7 @@ def main() -> None:
             for way in ("plain", "converge"):
                 print(f"[round {r + 1}] {way} ...", file=sys.stderr, flush=True)
                 rows.append({"round": r + 1, **one_round(way, args.n, scratch, args.timeout)})
+            rows[-1].update(startup_round(scratch))
     pairs = [(p, c) for p in rows for c in rows if p["round"] == c["round"] and p["way"] == "plain"
              and c["way"] == "converge"]
     table = [[r["round"], r["way"], r["load"], r["wall_s"], r["daemons_cpu_s"], r.get("apply_cpu_s"),
@@ -158,15 +177,23 @@ def main() -> None:
     print("\nwhen the daemons started (seconds after the start began)")
     print_table(["round", "way", "first", "median", "last"],
                 [[r["round"], r["way"], r["first_start_s"], r["median_start_s"], r["last_start_s"]] for r in rows])
+    print("\nthe commands' own start-up (seconds): apply of one manifest, reconcile of an empty store")
+    print_table(["round", "apply (1)", "reconcile (0)", "both"],
+                [[c["round"], c["apply_one_s"], c["reconcile_empty_s"], c["apply_one_s"] + c["reconcile_empty_s"]]
+                 for _, c in pairs])
     ratios = [[p["round"], c["wall_s"] / p["wall_s"], c["cpu_s"] / p["cpu_s"],
-               (c["first_start_s"] + p["wall_s"]) / p["wall_s"]] for p, c in pairs]
-    print("\nconverge / plain, same round; floors: CPU (daemons + starter), first start + plain wall")
-    print_table(["round", "wall", "CPU floor", "first-start floor"], ratios)
+               (c["first_start_s"] + p["wall_s"]) / p["wall_s"],
+               (c["apply_one_s"] + c["reconcile_empty_s"] + p["wall_s"]) / p["wall_s"]] for p, c in pairs]
+    print("\nconverge / plain, same round; floors: CPU (daemons + starter), first start + plain wall, "
+          "start-up + plain wall")
+    print_table(["round", "wall", "CPU floor", "first-start floor", "start-up floor"], ratios)
     summary = {"wall_ratio_median": statistics.median(r[1] for r in ratios),
                "cpu_ratio_median": statistics.median(r[2] for r in ratios),
-               "first_start_floor_median": statistics.median(r[3] for r in ratios)}
+               "first_start_floor_median": statistics.median(r[3] for r in ratios),
+               "startup_floor_median": statistics.median(r[4] for r in ratios)}
     print(f"median: wall {summary['wall_ratio_median']:.2f}x, CPU {summary['cpu_ratio_median']:.2f}x, "
-          f"first-start floor {summary['first_start_floor_median']:.2f}x")
+          f"first-start floor {summary['first_start_floor_median']:.2f}x, "
+          f"start-up floor {summary['startup_floor_median']:.2f}x")
     path = write_results(args.out, {"params": vars(args), "rounds": rows, "summary": summary})
     print(f"\nJSON: {path}")
 
