@@ -131,9 +131,7 @@ class Gate:
         if limit == self._limit and self._inside <= limit:
             return True
         with self._cv:
-            if limit != self._limit:
-                self._limit = limit
-                self._cv.notify_all()
+            self._set(limit)
             if self._inside <= self._limit:
                 return True
             self._inside -= 1
@@ -141,9 +139,18 @@ class Gate:
 
     def set_limit(self, limit: int) -> None:
         with self._cv:
-            if limit != self._limit:
-                self._limit = limit
-                self._cv.notify_all()
+            self._set(limit)
+
+    def _set(self, limit: int) -> None:
+        """The new limit (holding the lock); wakes only as many waiting threads as there
+        are places now free: a lowered limit wakes none (under a start of many daemons the
+        limit moves every tenth of a second, and waking every waiting worker each time only
+        to find no place cost a thread wake-up and a GIL hand-off apiece)."""
+        if limit != self._limit:
+            self._limit = limit
+            free = limit - self._inside
+            if free > 0:
+                self._cv.notify(free)
 
     def close(self) -> None:
         with self._cv:

@@ -149,3 +149,42 @@ def test_workqueue_ready_counts_due_keys_only() -> None:
     assert q.ready() == 3
     assert q.get(timeout=1) in {"now", "also", "later"}
     assert q.ready() == 2
+
+
+class _CountingCondition(threading.Condition):
+    """A real Condition that counts the returns from wait(): each is a thread woken."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.woken = 0
+
+    def wait(self, timeout: float | None = None) -> bool:
+        got = super().wait(timeout)
+        self.woken += 1
+        return got
+
+
+def test_a_changed_limit_wakes_only_as_many_waiting_threads_as_places_are_free() -> None:
+    gate = Gate(1)
+    cv = gate._cv = _CountingCondition()  # (before any thread waits on it)
+    assert gate.enter()
+    entered: list[bool] = []
+    waiters = [threading.Thread(target=lambda: entered.append(gate.enter()), daemon=True) for _ in range(4)]
+    for t in waiters:
+        t.start()
+    deadline = time.monotonic() + 5
+    while len(cv._waiters) < 4 and time.monotonic() < deadline:  # type: ignore[attr-defined]
+        time.sleep(0.01)
+    gate.set_limit(0)  # lowered: no place for anyone, nobody woken
+    assert gate.stay(1)  # back to one, still no place free: nobody woken
+    time.sleep(0.1)
+    assert cv.woken == 0 and entered == []
+    gate.set_limit(3)  # two places free: two woken, both enter
+    while len(entered) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.1)
+    assert entered == [True, True] and cv.woken == 2
+    gate.close()
+    for t in waiters:
+        t.join(2)
+    assert entered == [True, True, False, False]
