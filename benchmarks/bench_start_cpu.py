@@ -43,6 +43,7 @@ from common import (
     print_table,
     run_cli,
     run_tag,
+    started_at,
     tagged,
     wait_healthy,
     write_daemon_manifests,
@@ -73,20 +74,6 @@ def daemons_cpu(tag: str) -> float:
             continue
         total += t.user + t.system
     return total
-
-
-def started_at(procs: list[psutil.Process], t0_boot: float) -> list[float]:
-    """Seconds after t0_boot (CLOCK_BOOTTIME) at which each process started, sorted (the
-    start time in /proc/PID/stat counts clock ticks since boot)."""
-    out = []
-    for p in procs:
-        try:
-            with open(f"/proc/{p.pid}/stat") as f:
-                ticks = int(f.read().rpartition(")")[2].split()[19])
-        except (OSError, IndexError, ValueError):
-            continue
-        out.append(ticks / HZ - t0_boot)
-    return sorted(out)
 
 
 def startup_round(scratch: Path) -> dict[str, Any]:

@@ -53,6 +53,7 @@ from common import (
     run_tag,
     sample_idle,
     served_pid,
+    start_spread,
     summarize,
     tagged,
     thread_cpu,
@@ -170,12 +171,13 @@ def bench_subprocess(ctx: Ctx, n: int) -> dict[str, Any]:
         return ctx.reaper.track(p)
 
     try:
-        t0 = time.monotonic()
+        t0, t0_boot = time.monotonic(), time.clock_gettime(time.CLOCK_BOOTTIME)
         procs.extend(spawn(i) for i in range(n))
         spawned = time.monotonic() - t0
         healthy = wait_healthy(ports, ctx.args.start_timeout, t0=t0)
         res: dict[str, Any] = {"spawn_loop_s": spawned, "start_to_all_healthy_s": max(healthy.values()),
-                               "start_to_healthy_per_service_s": summarize(list(healthy.values()))}
+                               "start_to_healthy_per_service_s": summarize(list(healthy.values())),
+                               **start_spread(tag, t0_boot)}
 
         def restart(i: int) -> None:
             procs[i].wait(5)  # reap the killed one
@@ -226,13 +228,14 @@ def bench_supervisord(ctx: Ctx, n: int, sup_bin: Path) -> dict[str, Any]:
             raise BenchError(f"supervisord exited {proc.returncode}; see {work}/supervisord.out")
 
     try:
-        t0 = time.monotonic()
+        t0, t0_boot = time.monotonic(), time.clock_gettime(time.CLOCK_BOOTTIME)
         proc = ctx.reaper.track(subprocess.Popen([str(sup_bin / "supervisord"), "-c", str(conf)],
                                                  stdout=out, stderr=subprocess.STDOUT,
                                                  stdin=subprocess.DEVNULL, start_new_session=True))
         healthy = wait_healthy(ports, ctx.args.start_timeout, t0=t0, check=alive)
         res: dict[str, Any] = {"start_to_all_healthy_s": max(healthy.values()),
-                               "start_to_healthy_per_service_s": summarize(list(healthy.values()))}
+                               "start_to_healthy_per_service_s": summarize(list(healthy.values())),
+                               **start_spread(tag, t0_boot)}
         res.update(kill_loop(ctx, ports, check=alive))
         if n == ctx.args.idle_n:
             time.sleep(ctx.args.idle_warmup)
@@ -304,7 +307,7 @@ def bench_converge_reconcile(ctx: Ctx, n: int) -> dict[str, Any]:
     env = converge_env(work)
     cv = converge_bin()
     try:
-        t0 = time.monotonic()
+        t0, t0_boot = time.monotonic(), time.clock_gettime(time.CLOCK_BOOTTIME)
         run_cli([cv, "apply", "-f", mdir], env=env, timeout=300)
         t_apply = time.monotonic() - t0
         run_cli([cv, "reconcile", "--timeout", f"{int(ctx.args.start_timeout)}s"], env=env,
@@ -320,7 +323,7 @@ def bench_converge_reconcile(ctx: Ctx, n: int) -> dict[str, Any]:
             raise BenchError(f"`converge reconcile` returned but {len(not_ready)} services are not Ready: "
                              f"{not_ready[:5]}")
         return {"apply_s": t_apply, "apply_to_reconcile_done_s": t_done,
-                "start_to_all_healthy_s": t_done}
+                "start_to_all_healthy_s": t_done, **start_spread(tag, t0_boot)}
     finally:
         kill_tagged(tag)
 
@@ -356,7 +359,7 @@ def bench_converge_run(ctx: Ctx, n: int, probe: bool = True, first: bool = False
             proc = start_run()
             settle_idle(proc.pid)
             alive()
-        t0 = time.monotonic()
+        t0, t0_boot = time.monotonic(), time.clock_gettime(time.CLOCK_BOOTTIME)
         run_cli([cv, "apply", "-f", mdir], env=env, timeout=300)
         t_apply = time.monotonic() - t0
         if proc is None:
@@ -367,7 +370,8 @@ def bench_converge_run(ctx: Ctx, n: int, probe: bool = True, first: bool = False
         ready_after = wait_converge_ready(env, n, ctx.args.start_timeout)
         res: dict[str, Any] = {"apply_s": t_apply, "start_to_all_healthy_s": t_healthy,
                                "start_to_healthy_per_service_s": summarize(list(healthy.values())),
-                               "all_ready_in_status_after_healthy_s": ready_after}
+                               "all_ready_in_status_after_healthy_s": ready_after,
+                               **start_spread(tag, t0_boot)}
 
         def diagnose(i: int) -> str:
             out = subprocess.run([str(cv), "describe", f"svc-{i:04d}"], env=env, capture_output=True,
@@ -515,6 +519,12 @@ def report(results: dict[str, Any]) -> None:
     print("\nStart to all healthy, kill -9 to healthy again (HTTP GET) and to Ready in status (seconds)")
     print_table(["N", "tool", "start->all healthy", "kill->healthy median", "p95", "kills",
                  "kill->Ready median", "p95", f"slow (>{results['params']['slow']:g}s)"], rows)
+    spread = [[n, LABELS[t], r.get("apply_s"), r["first_start_s"], r["median_start_s"], r["last_start_s"],
+               r["start_to_all_healthy_s"]]
+              for n, runs in results["runs"].items() for t, r in runs.items() if "first_start_s" in r]
+    if spread:
+        print("\nWhen the daemons started (seconds after the start began; /proc start times, 10 ms steps)")
+        print_table(["N", "tool", "apply", "first started", "median", "last started", "all healthy"], spread)
     idle = [(n, LABELS[t], r["idle"]) for n, runs in results["runs"].items() for t, r in runs.items()
             if "idle" in r]
     if idle:

@@ -434,6 +434,30 @@ def tagged(tag: str) -> list[psutil.Process]:
     return found
 
 
+def started_at(procs: Sequence[psutil.Process], t0_boot: float) -> list[float]:
+    """Seconds after t0_boot (a CLOCK_BOOTTIME reading) at which each process started,
+    sorted: the start time in /proc/PID/stat counts clock ticks since boot (10 ms steps)."""
+    hz = os.sysconf("SC_CLK_TCK")
+    out = []
+    for p in procs:
+        try:
+            with open(f"/proc/{p.pid}/stat") as f:
+                ticks = int(f.read().rpartition(")")[2].split()[19])
+        except (OSError, IndexError, ValueError):
+            continue
+        out.append(ticks / hz - t0_boot)
+    return sorted(out)
+
+
+def start_spread(tag: str, t0_boot: float) -> dict[str, float]:
+    """When the first, the median and the last process carrying `tag` started (seconds
+    after t0_boot): a starter's own delay before its first start, and how fast it went on."""
+    starts = started_at(tagged(tag), t0_boot)
+    if not starts:
+        return {}
+    return {"first_start_s": starts[0], "median_start_s": statistics.median(starts), "last_start_s": starts[-1]}
+
+
 def kill_tagged(tag: str) -> int:
     """SIGKILL the processes carrying `tag` (see `tagged`); returns how many."""
     procs = tagged(tag)
