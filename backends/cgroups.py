@@ -312,6 +312,32 @@ def for_service(uid: str, create: bool = True) -> ServiceCgroup | None:
     return ServiceCgroup(path)
 
 
+def claim(uid: str) -> tuple[ServiceCgroup | None, ServiceCgroup | None]:
+    """For a start: (the service's cgroup to start it in, as `for_service(uid)` gives it:
+    made if missing and touched, or None; the cgroup as `for_service(uid, create=False)`
+    found it just before, None where it was not there). A service whose cgroup is not there
+    costs one mkdir and the touch (a new cgroup holds nothing: nothing left in it to look
+    for), where a look first took one system call more."""
+    folder = base()
+    name = name_for(uid)
+    if folder is None or name is None:
+        return None, None
+    path = folder / name
+    existed: ServiceCgroup | None = None
+    try:
+        try:
+            path.mkdir(0o755)
+        except FileExistsError:
+            if not path.is_dir():
+                raise
+            existed = ServiceCgroup(path)
+        os.utime(path)  # in use from now: `sweep` leaves it alone
+    except OSError as exc:
+        log.warning("cannot create cgroup %s: %s; tracking by session and marker", path, exc.strerror)
+        return None, existed
+    return ServiceCgroup(path), existed
+
+
 def recorded(path: object, uid: str) -> ServiceCgroup | None:
     """The cgroup a pid record names, if it is a cgroup of this very service (named for its
     uid, under a cgroup2 mount, not a link) and still exists."""

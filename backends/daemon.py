@@ -115,20 +115,25 @@ def _has_env(pid: int, entry: bytes) -> bool:
     return data.startswith(entry + b"\0") or (b"\0" + entry + b"\0") in data or data.endswith(b"\0" + entry)
 
 
-def _sweep_temp_files(folder: Path) -> None:
+def _sweep_temp_files(folder: Path) -> bool:
     """Temp files a crash left (pid file, log rotation): called under the service's lock,
-    when none of ours can be in progress."""
-    with contextlib.suppress(OSError):
-        for e in os.scandir(folder):
-            if e.name.startswith(".") and e.name.endswith(".tmp") and e.is_file(follow_symlinks=False):
-                with contextlib.suppress(OSError):
-                    Path(e.path).unlink()
+    when none of ours can be in progress. False if the folder could not be listed."""
+    try:
+        with os.scandir(folder) as entries:
+            for e in entries:
+                if e.name.startswith(".") and e.name.endswith(".tmp") and e.is_file(follow_symlinks=False):
+                    with contextlib.suppress(OSError):
+                        Path(e.path).unlink()
+    except OSError:
+        return False
+    return True
 
 
-def _check_program(argv0: str, cwd: Path, env: Mapping[str, str]) -> None:
+def _check_program(argv0: str, cwd: Path, env: Mapping[bytes, bytes]) -> None:
     """OSError, as exec would raise it, if argv[0] names no program that can run (looked
     up like exec does: relative to cwd with a slash, else along the service's PATH)."""
-    path = env.get("PATH", os.defpath)
+    found_path = env.get(b"PATH")
+    path = os.defpath if found_path is None else os.fsdecode(found_path)
     if "/" in argv0:
         found = cwd / argv0
         runnable = found.is_file() and os.access(found, os.X_OK)
@@ -146,6 +151,60 @@ def _create_private(path: Path) -> Any:
     """A new file, 0600, never through a link (O_EXCL | O_NOFOLLOW)."""
     fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     return os.fdopen(fd, "wb")
+
+
+def _read_all(path: Path) -> bytes:
+    """The whole file, as Path.read_bytes (following a link, as it does) but without a
+    Python file object: no fstat, isatty and seek calls. OSError as open raises it."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        chunks = []
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def _read_proc(path: str) -> bytes:
+    """A /proc file of one line (a process's stat): one open, one read, one close."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return os.read(fd, 8192)
+    finally:
+        os.close(fd)
+
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _create_time(pid: int) -> float:
+    """The process's start time as psutil.Process(pid).create_time() gives it, computed the
+    same way (its start in clock ticks since boot, /proc/PID/stat field 22, plus the boot
+    time /proc/stat says now), without psutil's Process: the pid record's createTime, which
+    `_live` compares with psutil's. OSError when the process is gone."""
+    data = _read_proc(f"/proc/{pid}/stat")
+    ticks = data[data.rfind(b")") + 2:].split()[19]
+    for line in _read_all(Path("/proc/stat")).splitlines():
+        if line.startswith(b"btime"):
+            return float(ticks) / _CLOCK_TICKS + float(line.strip().split()[1])
+    raise ValueError("/proc/stat has no btime")
+
+
+def _environment(env: Mapping[str, str], port: int | None, service: str, uid: str) -> dict[bytes, bytes]:
+    """The daemon's environment: the controller's, then the service's variables, PORT
+    (unless set), CONVERGE_SERVICE and the uid marker. As bytes, copied from the encoded
+    environment os.environ keeps (what exec gets; no decoding of every variable per start)."""
+    data = getattr(os.environ, "_data", None)
+    full: dict[bytes, bytes] = (dict(data) if isinstance(data, dict) else
+                                {os.fsencode(k): os.fsencode(v) for k, v in os.environ.items()})
+    for k, v in env.items():
+        full[os.fsencode(k)] = os.fsencode(v)
+    if port is not None:
+        full.setdefault(b"PORT", str(port).encode())
+    full[b"CONVERGE_SERVICE"] = os.fsencode(service)
+    full[MARKER.encode()] = os.fsencode(uid)
+    return full
 
 
 def _read_float(path: Path) -> float | None:
@@ -179,8 +238,11 @@ def log_check_at(now: float, delay: float) -> float:
 def rotate_log(path: Path, max_bytes: int, files: int) -> bool:
     """copytruncate, while the service writes (O_APPEND, so it goes on at the new end):
     when the log is over max_bytes, daemon.log.N-1 -> .N, the last max_bytes of the log
-    -> daemon.log.1, and the log is truncated. Never follows a link. True if rotated."""
+    -> daemon.log.1, and the log is truncated. Never follows a link. True if rotated.
+    A log within its size (or missing, or a link) costs one lstat."""
     try:
+        if os.lstat(path).st_size <= max_bytes:  # (a link's own size: it is never opened)
+            return False
         fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:
         return False
@@ -265,7 +327,7 @@ class DaemonBackend:
         if hit is not None and hit[0] == sig:
             return hit[1]
         try:
-            data = json.loads(path.read_text())
+            data = json.loads(_read_all(path))
         except (OSError, ValueError):
             return None  # gone since, torn or foreign: no identity
         if not (isinstance(data, dict) and isinstance(data.get("pid"), int)):
@@ -317,8 +379,7 @@ class DaemonBackend:
         if exited:
             return None
         try:
-            with open(f"/proc/{pid}/stat", "rb") as f:
-                data = f.read()
+            data = _read_proc(f"/proc/{pid}/stat")
         except OSError:
             return None
         state = data[data.rfind(b")") + 2:][:1].decode()
@@ -422,18 +483,21 @@ class DaemonBackend:
             if rec.get("specHash") == target.spec_hash:
                 if proc.status() == psutil.STATUS_STOPPED:
                     self._signal_all(self._family(target.uid, proc, self._cgroup(target, rec)), signal.SIGCONT)
-                return {"pid": proc.pid, "log": str(target.runtime_dir / LOG_FILE)}
+                return {"pid": proc.pid, "log": self._files(target)[3]}
             self._stop(proc, spec.stopGracePeriodSeconds, target.uid, self._cgroup(target, rec))  # never two copies
-        return self._start(target, spec)
+        return self._start(target, spec, rec)  # (the stop leaves the pid file as it was)
 
     def _forget_exit(self, target: Target) -> None:
-        rec = self._record(target)
+        self._forget_exit_of(self._record(target))
+
+    def _forget_exit_of(self, rec: Mapping[str, Any] | None) -> None:
         if rec is not None:
             with self._mu:
                 self._exit_codes.pop(int(rec["pid"]), None)
 
-    def _start(self, target: Target, spec: DaemonSpec) -> Mapping[str, Any]:
-        self._forget_exit(target)
+    def _start(self, target: Target, spec: DaemonSpec, old: Mapping[str, Any] | None) -> Mapping[str, Any]:
+        """Start the program; `old`: the pid file's record now (None: there is none)."""
+        self._forget_exit_of(old)
         env = resolve_env(spec.env, None)
         secrets = secret_values(spec.env, env)
         plain = {v.name: env[v.name] for v in spec.env if v.valueFrom is None}  # never a secret in argv
@@ -441,23 +505,23 @@ class DaemonBackend:
         if target.port is not None:
             variables["PORT"] = str(target.port)
         argv = build_argv(spec, variables)
-        full_env = dict(os.environ)
-        full_env.update(env)
-        if target.port is not None:
-            full_env.setdefault("PORT", str(target.port))
-        full_env["CONVERGE_SERVICE"] = str(target.key)
-        full_env[MARKER] = target.uid
+        full_env = _environment(env, target.port, str(target.key), target.uid)
+        pid_file, intent, log_path, log_text = self._files(target)
         cwd = Path(spec.workingDir) if spec.workingDir else target.runtime_dir
-        if not cwd.is_dir():
+        # Temp files a crash left; where the program runs in the runtime folder, the same look
+        # says it is there (a folder that cannot be listed is looked at as before).
+        listed = _sweep_temp_files(target.runtime_dir)
+        if not ((listed and cwd is target.runtime_dir) or cwd.is_dir()):
             raise TemporaryError(f"workingDir {cwd} " + ("is not a folder" if cwd.exists() else "does not exist"),
                                  reason="WorkingDirMissing")
         # What the previous run left (double-forked children): whatever is in its cgroup (the
         # one its record names and this controller's one for the service); a scan of /proc by
-        # session and marker where cgroups are not used, now or when it started.
-        old = self._record(target)
+        # session and marker where cgroups are not used, now or when it started. The service's
+        # cgroup is made (or touched) first: one mkdir says whether it was there at all.
         usable = cgroups.base() is not None
+        cg, mine = cgroups.claim(target.uid) if usable else (None, None)
         prev = cgroups.recorded(old["cgroup"], target.uid) if old is not None and "cgroup" in old else None
-        places = [c for c in dict.fromkeys([prev, cgroups.for_service(target.uid, create=False)]) if c is not None]
+        places = [c for c in dict.fromkeys([prev, mine]) if c is not None]
         for where in [*places, None] if not usable or (old is not None and "cgroup" not in old) else places:
             if where is not None and not where.populated():
                 continue  # nothing left in it (one read, not a walk of its folders)
@@ -465,11 +529,7 @@ class DaemonBackend:
             if leftovers:
                 log.warning("%s: stopping %s left by the previous run", target.key, self._describe(leftovers))
                 self._stop(None, spec.stopGracePeriodSeconds, target.uid, where)
-        log_path = target.runtime_dir / LOG_FILE
-        _sweep_temp_files(target.runtime_dir)
         rotate_log(log_path, spec.logMaxBytes, spec.logMaxFiles)
-        cg = cgroups.for_service(target.uid) if usable else None
-        intent = target.runtime_dir / START_INTENT
         intent.unlink(missing_ok=True)
         if cg is None:  # else the cgroup is what an interrupted start leaves behind (see observe)
             _create_private(intent).close()
@@ -496,27 +556,42 @@ class DaemonBackend:
         with self._mu:
             self._children[child.pid] = child
         try:
-            create_time = psutil.Process(child.pid).create_time()
+            create_time = _create_time(child.pid)  # as psutil says it, without its Process
             cmdline = argv if argv_known else psutil.Process(child.pid).cmdline()  # not the shell's
-        except psutil.Error:
+        except (OSError, ValueError, IndexError, psutil.Error):
             create_time, cmdline = 0.0, argv
         rec = {"pid": child.pid, "createTime": create_time, "argv": cmdline or argv,
                "specHash": target.spec_hash, "uid": target.uid}
         if cg is not None:
             rec["cgroup"] = str(cg.path)
-        tmp = self._pidfile(target).with_name(f".{PID_FILE}.{uuid.uuid4().hex}.tmp")  # unique: no planted link
-        with _create_private(tmp) as f:
-            f.write(json.dumps(rec).encode())
-        tmp.replace(self._pidfile(target))
-        (target.runtime_dir / START_INTENT).unlink(missing_ok=True)
+        self._write_record(pid_file, rec)
+        if cg is None:
+            intent.unlink(missing_ok=True)
         self._watch_log(target)
         self._arm(child.pid, target.key)
         if create_time:
             self._trust(child.pid, create_time)  # our own child, not reaped: no pid reuse possible
-        return {"pid": child.pid, "log": str(log_path)}
+        return {"pid": child.pid, "log": log_text}
+
+    def _write_record(self, pid_file: Path, rec: dict[str, Any]) -> None:
+        """Replace the pid file (a new private file renamed over it: never torn, no planted
+        link followed) and keep what it now holds for the next look (`_record`: its stat
+        matches, nothing is read back)."""
+        data = json.dumps(rec).encode()
+        tmp = pid_file.with_name(f".{PID_FILE}.{uuid.uuid4().hex}.tmp")  # unique: no planted link
+        fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            tmp.replace(pid_file)
+            st = os.fstat(fd)  # after the rename (it changes the ctime): what a stat of the pid file says
+        finally:
+            os.close(fd)
+        self._records[pid_file] = ((st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size), json.loads(data))
 
     @staticmethod
-    def _launch(argv: Sequence[str], cg: cgroups.ServiceCgroup | None, fd: int, env: Mapping[str, str],
+    def _launch(argv: Sequence[str], cg: cgroups.ServiceCgroup | None, fd: int, env: Mapping[bytes, bytes],
                 cwd: Path) -> tuple[_Child, bool]:
         """Start the program (in its own session, stdin /dev/null, stdout and stderr to fd) and
         say whether the argv it runs is `argv` itself (else read it from /proc: a preexec

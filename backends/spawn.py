@@ -143,8 +143,8 @@ class Spawned:
         return self.returncode
 
 
-def start(path: str, cgroup: Path, argv: Sequence[str], *, stdout: int, env: Mapping[str, str],
-          cwd: Path) -> Spawned:
+def start(path: str, cgroup: Path, argv: Sequence[str], *, stdout: int,
+          env: Mapping[str, str] | Mapping[bytes, bytes], cwd: Path) -> Spawned:
     """Run `argv` in `cgroup` through the helper at `path`, in a session of its own, stdin
     /dev/null, stdout and stderr to `stdout`, with `env` in `cwd`. OSError as Popen raises
     it: the working folder (filename cwd), or the program's exec error (filename argv[0]).
