@@ -86,19 +86,31 @@ class Host:
             # A folder on the way checked already and still the same folder (a link
             # planted at or above it would make its path lead to another): only the
             # folders below it are looked at (a new controller's first look at N services
-            # looks at their namespace's folders once, not N times).
+            # looks at their namespace's folders once, not N times), and those missing are
+            # made in it (a new service's folder: no walk from the root); made ones are
+            # checked with the folder above them again afterwards.
             below = []
+            made = False
             for p in inside[known:]:
                 try:
                     st = os.lstat(p)
+                except FileNotFoundError:
+                    try:
+                        with contextlib.suppress(FileExistsError):
+                            os.mkdir(p, 0o700)  # noqa: PTH102
+                        st = os.lstat(p)
+                    except OSError:
+                        break
+                    made = True
                 except OSError:
                     break
                 if not stat.S_ISDIR(st.st_mode) or st.st_mode & 0o077:  # (a link is no folder)
                     break
                 below.append(st)
             else:
-                return self._remember(parts, known, below)
-            # something to make, fix or refuse below it: the whole walk
+                if not made or self._still(parts[:known], inside[known - 1]):
+                    return self._remember(parts, known, below)
+            # something to fix or refuse below it, or swapped while made: the whole walk
         missing, up = [], self._root
         while not os.path.exists(up):  # noqa: PTH110 - the root and what it needs above it
             missing.append(up)
