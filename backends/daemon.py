@@ -153,7 +153,7 @@ def _create_private(path: Path) -> Any:
     return os.fdopen(fd, "wb")
 
 
-def _read_all(path: Path) -> bytes:
+def _read_all(path: str | Path) -> bytes:
     """The whole file, as Path.read_bytes (following a link, as it does) but without a
     Python file object: no fstat, isatty and seek calls. OSError as open raises it."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
@@ -185,7 +185,7 @@ def _create_time(pid: int) -> float:
     `_live` compares with psutil's. OSError when the process is gone."""
     data = _read_proc(f"/proc/{pid}/stat")
     ticks = data[data.rfind(b")") + 2:].split()[19]
-    for line in _read_all(Path("/proc/stat")).splitlines():
+    for line in _read_all("/proc/stat").splitlines():
         if line.startswith(b"btime"):
             return float(ticks) / _CLOCK_TICKS + float(line.strip().split()[1])
     raise ValueError("/proc/stat has no btime")
@@ -508,31 +508,39 @@ class DaemonBackend:
         full_env = _environment(env, target.port, str(target.key), target.uid)
         pid_file, intent, log_path, log_text = self._files(target)
         cwd = Path(spec.workingDir) if spec.workingDir else target.runtime_dir
-        # Temp files a crash left; where the program runs in the runtime folder, the same look
-        # says it is there (a folder that cannot be listed is looked at as before).
-        listed = _sweep_temp_files(target.runtime_dir)
-        if not ((listed and cwd is target.runtime_dir) or cwd.is_dir()):
+        # Where the program runs in the runtime folder, the listing that sweeps the temp files
+        # a crash left there also says it is a folder (one that cannot be listed is looked at).
+        listed = cwd is target.runtime_dir and _sweep_temp_files(cwd)
+        if not (listed or cwd.is_dir()):
             raise TemporaryError(f"workingDir {cwd} " + ("is not a folder" if cwd.exists() else "does not exist"),
                                  reason="WorkingDirMissing")
+        if not listed:
+            _sweep_temp_files(target.runtime_dir)
         # What the previous run left (double-forked children): whatever is in its cgroup (the
         # one its record names and this controller's one for the service); a scan of /proc by
         # session and marker where cgroups are not used, now or when it started. The service's
         # cgroup is made (or touched) first: one mkdir says whether it was there at all.
         usable = cgroups.base() is not None
         cg, mine = cgroups.claim(target.uid) if usable else (None, None)
-        prev = cgroups.recorded(old["cgroup"], target.uid) if old is not None and "cgroup" in old else None
-        places = [c for c in dict.fromkeys([prev, mine]) if c is not None]
-        for where in [*places, None] if not usable or (old is not None and "cgroup" not in old) else places:
-            if where is not None and not where.populated():
-                continue  # nothing left in it (one read, not a walk of its folders)
-            leftovers = self._family(target.uid, None, where)
-            if leftovers:
-                log.warning("%s: stopping %s left by the previous run", target.key, self._describe(leftovers))
-                self._stop(None, spec.stopGracePeriodSeconds, target.uid, where)
-        rotate_log(log_path, spec.logMaxBytes, spec.logMaxFiles)
-        intent.unlink(missing_ok=True)
-        if cg is None:  # else the cgroup is what an interrupted start leaves behind (see observe)
-            _create_private(intent).close()
+        try:
+            prev = cgroups.recorded(old["cgroup"], target.uid) if old is not None and "cgroup" in old else None
+            places = [c for c in dict.fromkeys([prev, mine]) if c is not None]
+            for where in [*places, None] if not usable or (old is not None and "cgroup" not in old) else places:
+                if where is not None and not where.populated():
+                    continue  # nothing left in it (one read, not a walk of its folders)
+                leftovers = self._family(target.uid, None, where)
+                if leftovers:
+                    log.warning("%s: stopping %s left by the previous run", target.key, self._describe(leftovers))
+                    self._stop(None, spec.stopGracePeriodSeconds, target.uid, where)
+            rotate_log(log_path, spec.logMaxBytes, spec.logMaxFiles)
+            intent.unlink(missing_ok=True)
+            if cg is None:  # else the cgroup is what an interrupted start leaves behind (see observe)
+                _create_private(intent).close()
+        except BaseException:
+            if cg is not None and mine is None:  # made by this start, which failed: not left behind
+                with contextlib.suppress(OSError):
+                    cg.remove()
+            raise
         try:
             fd = os.open(log_path, os.O_CREAT | os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         except OSError as exc:

@@ -90,7 +90,7 @@ class Host:
             # made in it (a new service's folder: no walk from the root); made ones are
             # checked with the folder above them again afterwards.
             below = []
-            made = False
+            fresh = False
             for p in inside[known:]:
                 try:
                     st = os.lstat(p)
@@ -101,14 +101,14 @@ class Host:
                         st = os.lstat(p)
                     except OSError:
                         break
-                    made = True
+                    fresh = True
                 except OSError:
                     break
                 if not stat.S_ISDIR(st.st_mode) or st.st_mode & 0o077:  # (a link is no folder)
                     break
                 below.append(st)
             else:
-                if not made or self._still(parts[:known], inside[known - 1]):
+                if not fresh or self._still(parts[:known], inside[known - 1]):
                     return self._remember(parts, known, below)
             # something to fix or refuse below it, or swapped while made: the whole walk
         missing, up = [], self._root
