@@ -292,14 +292,21 @@ def name_for(uid: str) -> str | None:
     return f"svc-{uid}" if _UID.fullmatch(uid) else None
 
 
+@functools.lru_cache(maxsize=16384)
+def _service_path(folder: Path, uid: str) -> Path | None:
+    """folder/svc-<uid>, or None for a uid that cannot name one (once per service: every
+    look at a service without a pid record asks)."""
+    name = name_for(uid)
+    return None if name is None else folder / name
+
+
 def for_service(uid: str, create: bool = True) -> ServiceCgroup | None:
     """The service's cgroup under this controller's base (made if `create`), or None when
     cgroups are not usable here or the uid cannot name one."""
     folder = base()
-    name = name_for(uid)
-    if folder is None or name is None:
+    path = _service_path(folder, uid) if folder is not None else None
+    if path is None:
         return None
-    path = folder / name
     if create:
         try:
             path.mkdir(mode=0o755, exist_ok=True)
@@ -319,10 +326,9 @@ def claim(uid: str) -> tuple[ServiceCgroup | None, ServiceCgroup | None]:
     costs one mkdir and the touch (a new cgroup holds nothing: nothing left in it to look
     for), where a look first took one system call more."""
     folder = base()
-    name = name_for(uid)
-    if folder is None or name is None:
+    path = _service_path(folder, uid) if folder is not None else None
+    if path is None:
         return None, None
-    path = folder / name
     existed: ServiceCgroup | None = None
     try:
         try:

@@ -575,7 +575,7 @@ class DaemonBackend:
         self._write_record(pid_file, rec)
         if cg is None:
             intent.unlink(missing_ok=True)
-        self._watch_log(target)
+        self._watch_log(target, checked=True)  # rotated just before the start
         self._arm(child.pid, target.key)
         if create_time:
             self._trust(child.pid, create_time)  # our own child, not reaped: no pid reuse possible
@@ -586,7 +586,7 @@ class DaemonBackend:
         link followed) and keep what it now holds for the next look (`_record`: its stat
         matches, nothing is read back)."""
         data = json.dumps(rec).encode()
-        tmp = pid_file.with_name(f".{PID_FILE}.{uuid.uuid4().hex}.tmp")  # unique: no planted link
+        tmp = pid_file.with_name(f".{PID_FILE}.{os.urandom(16).hex()}.tmp")  # unique: no planted link
         fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:
             view = memoryview(data)
@@ -852,17 +852,18 @@ class DaemonBackend:
             with contextlib.suppress(BlockingIOError):  # a wake-up is pending anyway
                 os.write(self._wake_w, b"x")
 
-    def _watch_log(self, target: Target) -> None:
+    def _watch_log(self, target: Target, checked: bool = False) -> None:
         """Keep the service's log within its size while it runs: the exit watcher's thread
         checks it (`_rotate_due`); without that thread (a one-off `converge reconcile`),
-        each observe checks."""
+        each observe checks (`checked`: the caller just did)."""
         if isinstance(target.config, DaemonSpec):
             entry = (self._files(target)[2], target.config.logMaxBytes, target.config.logMaxFiles)
             with self._mu:
                 known = self._logs.get(target.key) == entry
                 self._logs[target.key] = entry
             if self._thread is None:
-                rotate_log(*entry)
+                if not checked:
+                    rotate_log(*entry)
             elif not known:  # new or changed: the watcher looks at it now
                 with self._mu:
                     self._plan_log_check(target.key, 0.0, None)

@@ -4,18 +4,23 @@ exit seen warms the kernel's cgroup lock for the restart's join without moving a
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import threading
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
+from converge.api import DaemonBackend as DaemonSpec
 from converge.api import ManagedService, ServiceKey, State
-from converge.backends import cgroups, spawn
+from converge.backends import cgroups, daemon, spawn
+from converge.backends.base import Phase, Target
 from converge.backends.daemon import DaemonBackend
 from converge.client import Client
 from converge.runtime import Runtime
@@ -154,3 +159,55 @@ def test_a_kill_under_the_runtime_warms_up_and_restarts(client: Client, monkeypa
     assert backend._warmer is None  # closed with the runtime
     monkeypatch.undo()
     spawn.forget()
+
+
+def test_the_recorded_start_time_is_psutils() -> None:
+    """The pid record's createTime is computed from /proc without psutil's Process; `_live`
+    compares it with psutil's create_time() (within 0.05 s): it must be the same number."""
+    child = subprocess.Popen(["sleep", "30"])
+    try:
+        for pid in (os.getpid(), child.pid):
+            assert daemon._create_time(pid) == psutil.Process(pid).create_time()
+    finally:
+        child.kill()
+        child.wait()
+    with pytest.raises(OSError):
+        daemon._create_time(child.pid)  # reaped: gone
+
+
+def test_the_environment_is_the_controllers_with_the_services_on_top(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the start passes to exec is what os.environ (as it is now) plus the service's
+    variables, PORT unless set, CONVERGE_SERVICE and the marker make, as bytes."""
+    monkeypatch.setenv("LEAN_TEST_CHANGED", "caf\u00e9")
+    monkeypatch.setenv("PORT", "1")
+    monkeypatch.delenv("LEAN_TEST_GONE", raising=False)
+    want = {os.fsencode(k): os.fsencode(v) for k, v in os.environ.items()}
+    want.update({b"A": b"1", b"LEAN_TEST_CHANGED": b"x", b"CONVERGE_SERVICE": b"ns/s", b"CONVERGE_SERVICE_UID": b"u-1"})
+    got = daemon._environment({"A": "1", "LEAN_TEST_CHANGED": "x"}, 8080, "ns/s", "u-1")
+    assert got == want and got[b"PORT"] == b"1"  # PORT: the controller's, as setdefault left it
+    monkeypatch.delenv("PORT")
+    assert daemon._environment({}, 8080, "ns/s", "u-1")[b"PORT"] == b"8080"
+
+
+def test_a_start_keeps_the_record_it_wrote_and_the_next_look_reads_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pid file is written once per start and not read back by the look after it (its
+    stat matches what the start kept); a pid file replaced since is read again."""
+    backend = DaemonBackend()
+    spec = DaemonSpec.model_validate({"command": ["sleep", "60"]})
+    target = Target(key=KEY, uid="lean-record-test", config=spec, spec_hash="h", runtime_dir=tmp_path)
+    reads: list[object] = []
+    real = daemon._read_all
+    monkeypatch.setattr(daemon, "_read_all", lambda path: reads.append(path) or real(path))
+    try:
+        assert backend.observe(target).phase == Phase.absent
+        pid = backend.provision(target)["pid"]
+        assert backend.observe(target).phase == Phase.running
+        assert [p for p in reads if str(p).endswith(daemon.PID_FILE)] == []
+        record = json.loads((tmp_path / daemon.PID_FILE).read_text())
+        assert record["pid"] == pid and backend._record(target) == record
+        (tmp_path / daemon.PID_FILE).write_text(json.dumps({**record, "specHash": "other"}))
+        assert backend.observe(target).spec_hash == "other"  # changed on disk: read again
+    finally:
+        backend.deprovision(replace(target, config=spec.model_copy(update={"stopGracePeriodSeconds": 0})))
+    assert gone(pid)
