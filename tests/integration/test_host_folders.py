@@ -79,3 +79,26 @@ def test_a_namespace_folder_removed_since_is_made_again(tmp_path: Path) -> None:
     (root / "_runtime" / "default" / "a").rmdir()
     (root / "_runtime" / "default").rmdir()
     assert host.runtime_dir(key("b")).is_dir()
+
+
+def test_a_link_swapped_in_while_a_service_folder_is_made_is_refused(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A new service's folder is made straight in its namespace folder checked before; that
+    folder is checked again after the mkdir, so a link swapped in meanwhile is still refused."""
+    root = tmp_path / "store"
+    host = Host(root)
+    host.runtime_dir(key("a"))
+    outside = outside_with(tmp_path)
+    ns = root / "_runtime" / "default"
+    real = os.mkdir
+
+    def mkdir_then_swap(path: str, mode: int = 0o777) -> None:
+        real(path, mode)
+        if path.endswith("/c"):
+            os.rename(ns, tmp_path / "moved")
+            (tmp_path / "moved" / "c").rename(outside / "default" / "c")
+            ns.symlink_to(outside / "default")
+
+    monkeypatch.setattr(os, "mkdir", mkdir_then_swap)
+    with pytest.raises(UnsafeHost, match="is a link"):
+        host.runtime_dir(key("c"))
