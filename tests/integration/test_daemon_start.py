@@ -210,4 +210,5 @@ def test_a_start_keeps_the_record_it_wrote_and_the_next_look_reads_nothing(
         assert backend.observe(target).spec_hash == "other"  # changed on disk: read again
     finally:
         backend.deprovision(replace(target, config=spec.model_copy(update={"stopGracePeriodSeconds": 0})))
+        until(lambda: backend._reap(pid) or pid not in backend._children, what="the child reaped")  # no zombie left
     assert gone(pid)
