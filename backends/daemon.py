@@ -773,6 +773,7 @@ class DaemonBackend:
         while True:
             self._reap(pid)
             if not any(self._alive(p) for p in family) and (cg is None or not cg.populated()):
+                self._reap(pid)  # a zombie counts as dead: one that died since the reap above is reaped too
                 return True
             if time.monotonic() >= deadline:
                 return False

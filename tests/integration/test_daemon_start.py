@@ -212,3 +212,26 @@ def test_a_start_keeps_the_record_it_wrote_and_the_next_look_reads_nothing(
         backend.deprovision(replace(target, config=spec.model_copy(update={"stopGracePeriodSeconds": 0})))
         until(lambda: backend._reap(pid) or pid not in backend._children, what="the child reaped")  # no zombie left
     assert gone(pid)
+
+
+def test_a_stop_leaves_no_zombie_when_the_daemon_dies_just_after_a_reap(tmp_path: Path) -> None:
+    """A stopped daemon that ends between the stop's reap and its look (a zombie counts as
+    ended) is reaped before the stop returns: no zombie is left in the controller."""
+    backend = DaemonBackend()
+    spec = DaemonSpec.model_validate({"command": ["sleep", "60"], "stopGracePeriodSeconds": 5})
+    target = Target(key=KEY, uid="lean-zombie-test", config=spec, spec_hash="h", runtime_dir=tmp_path)
+    pid = int(backend.provision(target)["pid"])
+    real = backend._reap
+    calls: list[int] = []
+
+    def dies_right_after(p: int) -> None:
+        calls.append(p)
+        if len(calls) == 2:  # (the first: deprovision's look) the stop's first: finds it alive, then it ends
+            os.kill(pid, signal.SIGKILL)
+            until(lambda: psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, what="a zombie")
+            return
+        real(p)
+
+    backend._reap = dies_right_after  # type: ignore[method-assign]
+    backend.deprovision(target)
+    assert len(calls) > 2 and not psutil.pid_exists(pid)  # reaped: not even a zombie is left
