@@ -32,6 +32,16 @@ INTERVAL = 0.1  # seconds between decisions
 START = 4  # workers allowed before the first decision
 
 
+def _read_line(path: str) -> bytes:
+    """A one-line /proc file: open, read, close (a buffered open() adds an fstat, an ioctl
+    and two seeks: with 16 threads, 80 system calls more every decision)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return os.read(fd, 256)
+    finally:
+        os.close(fd)
+
+
 class RunDelay:
     """Seconds the process's threads have waited for a core while runnable (the run
     queue's delay), cumulative; 0 where the kernel keeps no schedstats."""
@@ -49,8 +59,7 @@ class RunDelay:
         try:
             for tid in os.listdir(self._tasks):  # noqa: PTH208
                 try:
-                    with open(f"{self._tasks}/{tid}/schedstat", "rb") as f:
-                        seen[tid] = int(f.read().split()[1])
+                    seen[tid] = int(_read_line(f"{self._tasks}/{tid}/schedstat").split()[1])
                 except (OSError, IndexError, ValueError):
                     continue  # a thread that just ended
         except OSError:
