@@ -37,6 +37,7 @@ from common import (
     BenchError,
     converge_bin,
     daemon_command,
+    drop_service_cgroups,
     fail_loudly,
     free_ports,
     kill_tagged,
@@ -132,6 +133,7 @@ def one_round(way: str, n: int, scratch: Path, timeout: float) -> dict[str, Any]
             starts[0], statistics.median(starts), starts[-1])
     finally:
         kill_tagged(tag)
+        drop_service_cgroups(work / "store")
     row["cpu_s"] = row["daemons_cpu_s"] + row["starter_cpu_s"]
     return row
 

@@ -42,6 +42,7 @@ from common import (
     Reaper,
     converge_bin,
     daemon_command,
+    drop_service_cgroups,
     ensure_peer,
     fail_loudly,
     free_ports,
@@ -326,6 +327,7 @@ def bench_converge_reconcile(ctx: Ctx, n: int) -> dict[str, Any]:
                 "start_to_all_healthy_s": t_done, **start_spread(tag, t0_boot)}
     finally:
         kill_tagged(tag)
+        drop_service_cgroups(work / "store")
 
 
 def bench_converge_run(ctx: Ctx, n: int, probe: bool = True, first: bool = False) -> dict[str, Any]:
@@ -398,6 +400,7 @@ def bench_converge_run(ctx: Ctx, n: int, probe: bool = True, first: bool = False
             ctx.reaper.stop(proc, grace=30)
         out.close()
         kill_tagged(tag)  # daemons outlive `converge run` by design (adoption); remove them
+        drop_service_cgroups(work / "store")
 
 
 # --------------------------------------------------------------------------- main
