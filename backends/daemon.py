@@ -43,7 +43,7 @@ from typing import Any, Protocol
 
 import psutil
 
-from converge import inotify
+from converge import inotify, rawread
 from converge.api import DaemonBackend as DaemonSpec
 from converge.api import ServiceKey
 from converge.backends import cgroups, spawn
@@ -153,28 +153,6 @@ def _create_private(path: Path) -> Any:
     return os.fdopen(fd, "wb")
 
 
-def _read_all(path: str | Path) -> bytes:
-    """The whole file, as Path.read_bytes (following a link, as it does) but without a
-    Python file object: no fstat, isatty and seek calls. OSError as open raises it."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        chunks = []
-        while chunk := os.read(fd, 65536):
-            chunks.append(chunk)
-        return b"".join(chunks)
-    finally:
-        os.close(fd)
-
-
-def _read_proc(path: str) -> bytes:
-    """A /proc file of one line (a process's stat): one open, one read, one close."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        return os.read(fd, 8192)
-    finally:
-        os.close(fd)
-
-
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -183,9 +161,9 @@ def _create_time(pid: int) -> float:
     same way (its start in clock ticks since boot, /proc/PID/stat field 22, plus the boot
     time /proc/stat says now), without psutil's Process: the pid record's createTime, which
     `_live` compares with psutil's. OSError when the process is gone."""
-    data = _read_proc(f"/proc/{pid}/stat")
+    data = rawread.read_once(f"/proc/{pid}/stat")
     ticks = data[data.rfind(b")") + 2:].split()[19]
-    for line in _read_all("/proc/stat").splitlines():
+    for line in rawread.read_all("/proc/stat").splitlines():
         if line.startswith(b"btime"):
             return float(ticks) / _CLOCK_TICKS + float(line.strip().split()[1])
     raise ValueError("/proc/stat has no btime")
@@ -327,7 +305,7 @@ class DaemonBackend:
         if hit is not None and hit[0] == sig:
             return hit[1]
         try:
-            data = json.loads(_read_all(path))
+            data = json.loads(rawread.read_all(path))
         except (OSError, ValueError):
             return None  # gone since, torn or foreign: no identity
         if not (isinstance(data, dict) and isinstance(data.get("pid"), int)):
@@ -379,7 +357,7 @@ class DaemonBackend:
         if exited:
             return None
         try:
-            data = _read_proc(f"/proc/{pid}/stat")
+            data = rawread.read_once(f"/proc/{pid}/stat")
         except OSError:
             return None
         state = data[data.rfind(b")") + 2:][:1].decode()

@@ -26,20 +26,12 @@ import threading
 import time
 from collections.abc import Callable
 
+from converge import rawread
+
 BUSY = 0.85  # of one core: GIL-bound, fewer threads
 IDLE = 0.6  # of one core, with work queued: waiting on something, more threads
 INTERVAL = 0.1  # seconds between decisions
 START = 4  # workers allowed before the first decision
-
-
-def _read_line(path: str) -> bytes:
-    """A one-line /proc file: open, read, close (a buffered open() adds an fstat, an ioctl
-    and two seeks: with 16 threads, 80 system calls more every decision)."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        return os.read(fd, 256)
-    finally:
-        os.close(fd)
 
 
 class RunDelay:
@@ -59,7 +51,7 @@ class RunDelay:
         try:
             for tid in os.listdir(self._tasks):  # noqa: PTH208
                 try:
-                    seen[tid] = int(_read_line(f"{self._tasks}/{tid}/schedstat").split()[1])
+                    seen[tid] = int(rawread.read_once(f"{self._tasks}/{tid}/schedstat", 256).split()[1])
                 except (OSError, IndexError, ValueError):
                     continue  # a thread that just ended
         except OSError:

@@ -17,6 +17,7 @@ from typing import Any
 import psutil
 import pytest
 
+from converge import rawread
 from converge.api import DaemonBackend as DaemonSpec
 from converge.api import ManagedService, ServiceKey, State
 from converge.backends import cgroups, daemon, spawn
@@ -197,8 +198,8 @@ def test_a_start_keeps_the_record_it_wrote_and_the_next_look_reads_nothing(
     spec = DaemonSpec.model_validate({"command": ["sleep", "60"]})
     target = Target(key=KEY, uid="lean-record-test", config=spec, spec_hash="h", runtime_dir=tmp_path)
     reads: list[object] = []
-    real = daemon._read_all
-    monkeypatch.setattr(daemon, "_read_all", lambda path: reads.append(path) or real(path))
+    real = rawread.read_all
+    monkeypatch.setattr(rawread, "read_all", lambda path: reads.append(path) or real(path))
     try:
         assert backend.observe(target).phase == Phase.absent
         pid = backend.provision(target)["pid"]
