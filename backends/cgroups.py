@@ -303,20 +303,11 @@ def _service_path(folder: Path, uid: str) -> Path | None:
 def for_service(uid: str, create: bool = True) -> ServiceCgroup | None:
     """The service's cgroup under this controller's base (made if `create`), or None when
     cgroups are not usable here or the uid cannot name one."""
+    if create:
+        return claim(uid)[0]
     folder = base()
     path = _service_path(folder, uid) if folder is not None else None
-    if path is None:
-        return None
-    if create:
-        try:
-            path.mkdir(mode=0o755, exist_ok=True)
-            os.utime(path)  # in use from now: `sweep` leaves it alone
-        except OSError as exc:
-            log.warning("cannot create cgroup %s: %s; tracking by session and marker", path, exc.strerror)
-            return None
-    elif not path.is_dir():
-        return None
-    return ServiceCgroup(path)
+    return ServiceCgroup(path) if path is not None and path.is_dir() else None
 
 
 def claim(uid: str) -> tuple[ServiceCgroup | None, ServiceCgroup | None]:
