@@ -430,9 +430,8 @@ class FileStore:
                     dfd = folders.get(path.parent)
                     if dfd is None:
                         dfd = folders[path.parent] = self._folder(path.parent)
-                    staged.append((dfd, path, *self._stage(dfd, path, _encode(new), sync=len(objs) == 1), new))
-                if len(objs) > 1:
-                    storebatch.fsync_all([(dfd, tmp) for dfd, _, tmp, *_ in staged])
+                    staged.append((dfd, path, *self._stage(dfd, path, _encode(new), sync=False), new))
+                storebatch.fsync_all([(dfd, tmp) for dfd, _, tmp, *_ in staged])
                 root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
                 try:
                     record = storebatch.write_record(root_fd, [(p.parent.name, tmp) for _, p, tmp, *_ in staged])
