@@ -411,8 +411,8 @@ class FileStore:
     def create_many(self, objs: Sequence[ManagedService]) -> None:
         """Create all of objs or none: AlreadyExists (nothing written) if any exists.
         One hold of the lock; the files written, then fsynced several at once, then a
-        commit record, the renames and one fsync per folder (converge.storebatch says what a crash at any moment leaves:
-        none of them, or all once the next writer has looked)."""
+        commit record, the renames and one fsync per folder (converge.storebatch says what
+        a crash at any moment leaves: none of them, or all once the next writer has looked)."""
         if len({o.key for o in objs}) != len(objs):
             raise ValueError("create_many: a key given twice")
         with self._writer():
