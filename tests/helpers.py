@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 import subprocess
@@ -29,7 +30,6 @@ def die_with_parent() -> None:
 def stop_group(p: subprocess.Popen[bytes], grace: float = 10.0) -> None:
     """SIGTERM a background daemon's process group, SIGKILL after the grace period."""
     import contextlib
-    import os
     import signal
 
     if p.poll() is not None:
@@ -46,7 +46,6 @@ def stop_group(p: subprocess.Popen[bytes], grace: float = 10.0) -> None:
 
 def stop_controller(p: subprocess.Popen[str], grace: float = 10.0) -> None:
     """Stop a `converge run` as Ctrl-C does (SIGINT), its process group SIGKILLed after the grace period."""
-    import os
     import signal
 
     if p.poll() is None:
@@ -58,10 +57,49 @@ def stop_controller(p: subprocess.Popen[str], grace: float = 10.0) -> None:
             p.wait()
 
 
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+_handed_out: set[int] = set()
+_next_port = [20000 + os.getpid() % 4000]
+
+
 def free_port() -> int:
+    """A loopback port no socket holds now, for a test's daemon to bind later.
+
+    Never one this test session handed out before, and, where the kernel's ephemeral range
+    leaves room, from below it: the kernel picks outgoing connections' source ports (a health
+    probe's, the machine's) from that range, and a bind(0) port came from it too, so one could
+    be taken between now and the daemon's bind (CI once saw "port ... is in use")."""
+    top = _ephemeral_low()
+    if top - 20000 >= 2000:
+        for _ in range(top - 20000):
+            port = _next_port[0]
+            _next_port[0] = 20000 + (port + 1 - 20000) % (top - 20000)
+            if port not in _handed_out and _bindable(port):
+                _handed_out.add(port)
+                return port
+    for _ in range(100):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
+    raise RuntimeError("no free loopback port")
+
+
+def _bindable(port: int) -> bool:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def daemon(name: str, command: list[str], *, port: int | None = None, allocate: bool = False,
