@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-import socket
 import ssl
 import subprocess
 import tempfile
@@ -25,7 +24,7 @@ import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from tests.helpers import die_with_parent, stop_group
+from tests.helpers import die_with_parent, free_port, stop_group
 
 CACHE = Path(os.environ.get("CONVERGE_CACHE", Path.home() / ".cache" / "converge"))
 BIN = CACHE / "bin"
@@ -41,12 +40,6 @@ def missing_tools() -> list[str]:
     if shutil.which("openssl") is None:
         out.append("openssl")
     return out
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _openssl(*args: str, cwd: Path) -> None:

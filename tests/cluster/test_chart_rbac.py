@@ -8,7 +8,6 @@ namespace."""
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ from converge.backends.kubernetes import KubernetesBackend
 from tests.chart.conftest import CHART, helm_env, helm_path
 from tests.cluster.controlplane import ControlPlane
 from tests.cluster.kwok import FakeNodes
+from tests.helpers import free_port
 
 IMAGE = "registry.invalid/converge/web:1"
 
@@ -169,14 +169,9 @@ def test_operator_converges_with_the_chart_rights(converge_operator: str, contro
     token = control_plane.kubectl("create", "token", "converge", "-n", ops, "--duration=10m").stdout.strip()
     kubeconfig = control_plane.write_kubeconfig(tmp_path / "sa.kubeconfig", token, user="converge")
 
-    def port() -> int:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            return int(s.getsockname()[1])
-
     argv = [converge, "operator", "--kubeconfig", str(kubeconfig), f"--namespace={watched}",
             "--enable-backend=kubernetes", "--leader-elect", "--lease-name=converge", f"--lease-namespace={ops}",
-            f"--health-port={port()}", f"--metrics-port={port()}", f"--state-dir={tmp_path / 'state'}"]
+            f"--health-port={free_port()}", f"--metrics-port={free_port()}", f"--state-dir={tmp_path / 'state'}"]
     log = (tmp_path / "operator.log").open("wb")
     op = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:

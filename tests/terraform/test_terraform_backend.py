@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ from converge.backends import terraform_runner
 from converge.backends.base import Phase
 from converge.backends.errors import BackendUnavailable, PermanentError, TemporaryError
 from converge.backends.terraform import TerraformBackend
+from tests.helpers import free_port
 
 from .conftest import MakeTarget, state_resources
 
@@ -47,12 +47,6 @@ def _working_in(d: Path) -> list[psutil.Process]:
         except psutil.Error:
             continue
     return out
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # --------------------------------------------------------------------------- apply, outputs
@@ -288,7 +282,7 @@ def test_suspend_is_not_supported(backend: TerraformBackend, make_target: MakeTa
 
 def test_background_server_restarted_after_being_killed(backend: TerraformBackend, make_target: MakeTarget,
                                                         world: Path, runtime: Path) -> None:
-    port = _free_port()
+    port = free_port()
     t = make_target("server", variables={"dir": str(world), "port": port, "python": sys.executable},
                     endpointOutput="endpoint")
     (world / "index.html").write_text("served by terraform\n")
