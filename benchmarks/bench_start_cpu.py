@@ -17,6 +17,9 @@ daemons cannot be up before converge has started one and then the plain way's wh
 A third, below that one, is the two commands' own start-up, timed in each round on their
 own: `apply` of one manifest (a new store) and `reconcile` of an empty store (Python, pydantic,
 converge's modules; no daemon): (both + plain wall) over plain wall, with no work per service.
+Under that, the stack's floor: twice (two commands) a bare process of the same Python that
+imports pydantic and validates one small model (pydantic's plugin scan off, as converge's
+CLI has it), plus the plain wall: what any two-command Python + pydantic tool pays first.
 Results: table on stdout, benchmarks/results/<--out>.json.
 """
 
@@ -92,6 +95,25 @@ def startup_round(scratch: Path) -> dict[str, Any]:
     return {"apply_one_s": t1 - t0, "reconcile_empty_s": time.monotonic() - t1}
 
 
+# What any Python + pydantic command pays before its own work: pydantic's schema machinery
+# is imported and a model built on its first validation.
+STACK_PROBE = ("from typing import Literal\nfrom pydantic import BaseModel, Field\n"
+               "class M(BaseModel):\n    name: str = Field(pattern='^[a-z0-9-]+$')\n"
+               "    state: Literal['active', 'inactive'] = 'active'\n"
+               "M.model_validate({'name': 'one'})\n")
+
+
+def stack_round() -> dict[str, Any]:
+    """Wall seconds of two bare `python -c STACK_PROBE` processes of converge's interpreter."""
+    python = str(Path(converge_bin()).parent / "python")
+    env = dict(os.environ, PYDANTIC_DISABLE_PLUGINS="__all__")
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    t0 = time.monotonic()
+    for _ in range(2):
+        subprocess.run([python, "-c", STACK_PROBE], env=env, check=True)
+    return {"stack_two_s": time.monotonic() - t0}
+
+
 def one_round(way: str, n: int, scratch: Path, timeout: float) -> dict[str, Any]:
     tag = run_tag()
     ports = free_ports(n)
@@ -155,6 +177,7 @@ def main() -> None:
                 print(f"[round {r + 1}] {way} ...", file=sys.stderr, flush=True)
                 rows.append({"round": r + 1, **one_round(way, args.n, scratch, args.timeout)})
             rows[-1].update(startup_round(scratch))
+            rows[-1].update(stack_round())
     pairs = [(p, c) for p in rows for c in rows if p["round"] == c["round"] and p["way"] == "plain"
              and c["way"] == "converge"]
     table = [[r["round"], r["way"], r["load"], r["wall_s"], r["daemons_cpu_s"], r.get("apply_cpu_s"),
@@ -166,23 +189,26 @@ def main() -> None:
     print("\nwhen the daemons started (seconds after the start began)")
     print_table(["round", "way", "first", "median", "last"],
                 [[r["round"], r["way"], r["first_start_s"], r["median_start_s"], r["last_start_s"]] for r in rows])
-    print("\nthe commands' own start-up (seconds): apply of one manifest, reconcile of an empty store")
-    print_table(["round", "apply (1)", "reconcile (0)", "both"],
-                [[c["round"], c["apply_one_s"], c["reconcile_empty_s"], c["apply_one_s"] + c["reconcile_empty_s"]]
-                 for _, c in pairs])
+    print("\nthe commands' own start-up (seconds): apply of one manifest, reconcile of an empty store; "
+          "the stack: two bare Python + pydantic processes (one small model validated)")
+    print_table(["round", "apply (1)", "reconcile (0)", "both", "stack (2 processes)"],
+                [[c["round"], c["apply_one_s"], c["reconcile_empty_s"], c["apply_one_s"] + c["reconcile_empty_s"],
+                  c["stack_two_s"]] for _, c in pairs])
     ratios = [[p["round"], c["wall_s"] / p["wall_s"], c["cpu_s"] / p["cpu_s"],
                (c["first_start_s"] + p["wall_s"]) / p["wall_s"],
-               (c["apply_one_s"] + c["reconcile_empty_s"] + p["wall_s"]) / p["wall_s"]] for p, c in pairs]
+               (c["apply_one_s"] + c["reconcile_empty_s"] + p["wall_s"]) / p["wall_s"],
+               (c["stack_two_s"] + p["wall_s"]) / p["wall_s"]] for p, c in pairs]
     print("\nconverge / plain, same round; floors: CPU (daemons + starter), first start + plain wall, "
-          "start-up + plain wall")
-    print_table(["round", "wall", "CPU floor", "first-start floor", "start-up floor"], ratios)
+          "start-up + plain wall, the stack's start-up + plain wall")
+    print_table(["round", "wall", "CPU floor", "first-start floor", "start-up floor", "stack floor"], ratios)
     summary = {"wall_ratio_median": statistics.median(r[1] for r in ratios),
                "cpu_ratio_median": statistics.median(r[2] for r in ratios),
                "first_start_floor_median": statistics.median(r[3] for r in ratios),
-               "startup_floor_median": statistics.median(r[4] for r in ratios)}
+               "startup_floor_median": statistics.median(r[4] for r in ratios),
+               "stack_floor_median": statistics.median(r[5] for r in ratios)}
     print(f"median: wall {summary['wall_ratio_median']:.2f}x, CPU {summary['cpu_ratio_median']:.2f}x, "
           f"first-start floor {summary['first_start_floor_median']:.2f}x, "
-          f"start-up floor {summary['startup_floor_median']:.2f}x")
+          f"start-up floor {summary['startup_floor_median']:.2f}x, stack floor {summary['stack_floor_median']:.2f}x")
     path = write_results(args.out, {"params": vars(args), "rounds": rows, "summary": summary})
     print(f"\nJSON: {path}")
 
