@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -57,15 +57,22 @@ def stop_controller(p: subprocess.Popen[str], grace: float = 10.0) -> None:
             p.wait()
 
 
-def _ephemeral_low() -> int:
+def _below_ephemeral() -> Iterator[int]:
+    """Ports from 20000 up to the kernel's ephemeral range, once each, starting at a place
+    of this process's own; none where that range leaves no room."""
     try:
-        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+        top = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     except (OSError, ValueError, IndexError):
-        return 32768
+        top = 32768
+    width = top - 20000
+    if width >= 2000:
+        start = os.getpid() % width
+        for i in range(width):
+            yield 20000 + (start + i) % width
 
 
-_handed_out: set[int] = set()
-_next_port = [20000 + os.getpid() % 4000]
+_candidates = _below_ephemeral()
+_handed_out: set[int] = set()  # by bind(0), where there is no room below the range
 
 
 def free_port() -> int:
@@ -75,14 +82,9 @@ def free_port() -> int:
     leaves room, from below it: the kernel picks outgoing connections' source ports (a health
     probe's, the machine's) from that range, and a bind(0) port came from it too, so one could
     be taken between now and the daemon's bind (CI once saw "port ... is in use")."""
-    top = _ephemeral_low()
-    if top - 20000 >= 2000:
-        for _ in range(top - 20000):
-            port = _next_port[0]
-            _next_port[0] = 20000 + (port + 1 - 20000) % (top - 20000)
-            if port not in _handed_out and _bindable(port):
-                _handed_out.add(port)
-                return port
+    for port in _candidates:  # each once
+        if _bindable(port):
+            return port
     for _ in range(100):
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
