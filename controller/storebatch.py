@@ -1,11 +1,11 @@
 """The file store's all-or-nothing create of many objects: its commit record.
 
 FileStore.create_many writes every object to a temp file in its namespace folder, fsyncs
-them all (several at once: fsync_all), then commits: one record at the store's root naming those temp files (written,
-fsynced, the root folder fsynced), then renames each temp file into place, fsyncs each
-folder once and removes the record. One lock hold, one fsync per object plus three,
-where creating them one by one took two fsyncs and a lock hold per object. A crash (or
-power loss) at any moment leaves one of two things:
+them all (several at once: fsync_all), then commits: one record at the store's root naming
+those temp files (written, fsynced, the root folder fsynced), then renames each temp file
+into place, fsyncs each folder once and removes the record. One lock hold, one fsync per
+object plus three, where creating them one by one took two fsyncs and a lock hold per
+object. A crash (or power loss) at any moment leaves one of two things:
 - the record is not complete (absent, or torn: it does not parse): no object was renamed
   yet; the next writer removes the torn record (and a new FileStore instance, at its
   first write, the temp files): none of the batch;
@@ -29,9 +29,9 @@ import contextlib
 import json
 import os
 import re
-import threading
 import uuid
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 from converge.names import ServiceKey, is_dns_label
 
@@ -66,33 +66,22 @@ def fsync_all(files: Sequence[tuple[int, str]], threads: int = FSYNC_THREADS) ->
     this project's ext4 VM: 130-220 ms one by one, 40-110 ms 16 at once). Each file is
     opened again read-only, without following a link (fsync makes the file's data durable
     whatever descriptor asks). Every file is tried; the first error is raised after."""
-    todo = iter(files)
-    mu = threading.Lock()
-    errors: list[OSError] = []
-
-    def work() -> None:
-        while True:
-            with mu:
-                item = next(todo, None)
-            if item is None:
-                return
+    def fsync(item: tuple[int, str]) -> OSError | None:
+        try:
+            fd = os.open(item[1], os.O_RDONLY | _FILE_FLAGS, dir_fd=item[0])
             try:
-                fd = os.open(item[1], os.O_RDONLY | _FILE_FLAGS, dir_fd=item[0])
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-            except OSError as exc:
-                with mu:
-                    errors.append(exc)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            return exc
+        return None
 
-    helpers = [threading.Thread(target=work, name="store-fsync", daemon=True)
-               for _ in range(min(threads, len(files)) - 1)]
-    for t in helpers:
-        t.start()
-    work()  # this thread is one of them
-    for t in helpers:
-        t.join()
+    if len(files) <= 1:
+        errors = [e for e in map(fsync, files) if e is not None]  # no thread for one file
+    else:
+        with ThreadPoolExecutor(min(threads, len(files)), thread_name_prefix="store-fsync") as pool:
+            errors = [e for e in pool.map(fsync, files) if e is not None]
     if errors:
         raise errors[0]
 
